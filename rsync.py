@@ -1,0 +1,2716 @@
+"""The rsync protocol (versions 27 to 32), as stock rsync speaks it.
+
+This module is the wire: integer and string encodings, multiplexed I/O,
+checksum negotiation, the file list, the sender and the receiver. It knows
+nothing of sockets: every stage reads from an `In` and writes to an `Out`,
+which sit on a `Transport` (a socket, a pair of pipes, an SSH channel) or,
+in tests, on plain bytes.
+
+Each protocol-version difference is decided in one place and named after
+the rsync concept it belongs to (`compat_flags`, `xfer_flags_as_varint`,
+`checksum_seed`, `proper_seed_order`...), so a reader can look the same word
+up in rsync's own sources.
+"""
+
+import errno
+import grp
+import hashlib
+import os
+import pwd
+import socket
+import stat
+import struct
+import sys
+import threading
+import time
+
+try:
+    import rsync_md4
+except ImportError:  # pragma: no cover
+    rsync_md4 = None
+
+VERSION = "0.1.0"
+PROTOCOL_VERSION = 32
+MIN_PROTOCOL_VERSION = 27
+MAX_PATH = 4096
+CHUNK_SIZE = 32 * 1024
+MAX_BLOCK_SIZE = 1 << 17
+OLD_MAX_BLOCK_SIZE = 1 << 29
+MAX_NAME_LEN = 255
+
+# Exit codes (rsync's errcode.h).
+RERR_OK = 0
+RERR_SYNTAX = 1
+RERR_PROTOCOL = 2
+RERR_FILESELECT = 3
+RERR_UNSUPPORTED = 4
+RERR_STARTCLIENT = 5
+RERR_SOCKETIO = 10
+RERR_FILEIO = 11
+RERR_STREAMIO = 12
+RERR_MESSAGEIO = 13
+RERR_IPC = 14
+RERR_SIGNAL = 20
+RERR_MALLOC = 22
+RERR_PARTIAL = 23
+RERR_VANISHED = 24
+RERR_DEL_LIMIT = 25
+RERR_TIMEOUT = 30
+RERR_CONTIMEOUT = 35
+
+RERR_NAMES = {
+    RERR_SYNTAX: "syntax or usage error",
+    RERR_PROTOCOL: "protocol incompatibility",
+    RERR_FILESELECT: "errors selecting input/output files, dirs",
+    RERR_UNSUPPORTED: "requested action not supported",
+    RERR_STARTCLIENT: "error starting client-server protocol",
+    RERR_SOCKETIO: "error in socket IO",
+    RERR_FILEIO: "error in file IO",
+    RERR_STREAMIO: "error in rsync protocol data stream",
+    RERR_MESSAGEIO: "errors with program diagnostics",
+    RERR_IPC: "error in IPC code",
+    RERR_SIGNAL: "received SIGINT, SIGTERM, or SIGHUP",
+    RERR_MALLOC: "error allocating core memory buffers",
+    RERR_PARTIAL: "some files/attrs were not transferred (see previous errors)",
+    RERR_VANISHED: "some files vanished before they could be transferred",
+    RERR_DEL_LIMIT: "the --max-delete limit stopped deletions",
+    RERR_TIMEOUT: "timeout in data send/receive",
+    RERR_CONTIMEOUT: "timeout waiting for daemon connection",
+}
+
+# Multiplexed message tags (rsync.h enum msgcode).
+MPLEX_BASE = 7
+MSG_DATA = 0
+MSG_ERROR_XFER = 1
+MSG_INFO = 2
+MSG_ERROR = 3
+MSG_WARNING = 4
+MSG_ERROR_SOCKET = 5
+MSG_LOG = 6
+MSG_CLIENT = 7
+MSG_ERROR_UTF8 = 8
+MSG_REDO = 9
+MSG_STATS = 10
+MSG_IO_ERROR = 22
+MSG_IO_TIMEOUT = 33
+MSG_NOOP = 42
+MSG_ERROR_EXIT = 86
+MSG_SUCCESS = 100
+MSG_DELETED = 101
+MSG_NO_SEND = 102
+
+# io_error bits.
+IOERR_GENERAL = 1 << 0
+IOERR_VANISHED = 1 << 1
+IOERR_DEL_LIMIT = 1 << 2
+
+# compat_flags (compat.c CF_*).
+CF_INC_RECURSE = 1 << 0
+CF_SYMLINK_TIMES = 1 << 1
+CF_SYMLINK_ICONV = 1 << 2
+CF_SAFE_FLIST = 1 << 3
+CF_AVOID_XATTR_OPTIM = 1 << 4
+CF_CHKSUM_SEED_FIX = 1 << 5
+CF_INPLACE_PARTIAL_DIR = 1 << 6
+CF_VARINT_FLIST_FLAGS = 1 << 7
+CF_ID0_NAMES = 1 << 8
+
+# File-list entry flags (rsync.h XMIT_*).
+XMIT_TOP_DIR = 1 << 0
+XMIT_SAME_MODE = 1 << 1
+XMIT_SAME_RDEV_pre28 = 1 << 2
+XMIT_EXTENDED_FLAGS = 1 << 2
+XMIT_SAME_UID = 1 << 3
+XMIT_SAME_GID = 1 << 4
+XMIT_SAME_NAME = 1 << 5
+XMIT_LONG_NAME = 1 << 6
+XMIT_SAME_TIME = 1 << 7
+XMIT_SAME_RDEV_MAJOR = 1 << 8
+XMIT_NO_CONTENT_DIR = 1 << 8
+XMIT_HLINKED = 1 << 9
+XMIT_SAME_DEV_pre30 = 1 << 10
+XMIT_USER_NAME_FOLLOWS = 1 << 10
+XMIT_RDEV_MINOR_8_pre30 = 1 << 11
+XMIT_GROUP_NAME_FOLLOWS = 1 << 11
+XMIT_HLINK_FIRST = 1 << 12
+XMIT_IO_ERROR_ENDLIST = 1 << 12
+XMIT_MOD_NSEC = 1 << 13
+XMIT_SAME_ATIME = 1 << 14
+XMIT_CRTIME_EQ_MTIME = 1 << 17
+
+# Item flags sent with each file index (rsync.h ITEM_*).
+ITEM_REPORT_ATIME = 1 << 0
+ITEM_REPORT_CHANGE = 1 << 1
+ITEM_REPORT_SIZE = 1 << 2
+ITEM_REPORT_TIMEFAIL = 1 << 2
+ITEM_REPORT_TIME = 1 << 3
+ITEM_REPORT_PERMS = 1 << 4
+ITEM_REPORT_OWNER = 1 << 5
+ITEM_REPORT_GROUP = 1 << 6
+ITEM_REPORT_ACL = 1 << 7
+ITEM_REPORT_XATTR = 1 << 8
+ITEM_REPORT_CRTIME = 1 << 10
+ITEM_BASIS_TYPE_FOLLOWS = 1 << 11
+ITEM_XNAME_FOLLOWS = 1 << 12
+ITEM_IS_NEW = 1 << 13
+ITEM_LOCAL_CHANGE = 1 << 14
+ITEM_TRANSFER = 1 << 15
+
+FNAMECMP_FNAME = 0x80
+FNAMECMP_PARTIAL_DIR = 0x81
+
+NDX_DONE = -1
+NDX_FLIST_EOF = -2
+NDX_DEL_STATS = -3
+NDX_FLIST_OFFSET = -101
+
+
+class RsyncError(Exception):
+    """A failure that ends the session with rsync's exit `code`."""
+
+    def __init__(self, msg, code=RERR_PROTOCOL):
+        super().__init__(msg)
+        self.code = code
+
+
+class ProtocolError(RsyncError):
+    """The peer sent something the protocol does not allow."""
+
+    def __init__(self, msg, code=RERR_STREAMIO):
+        super().__init__(msg, code)
+
+
+class ConnectionClosed(RsyncError):
+    """The peer closed the connection before the exchange was over."""
+
+    def __init__(self, msg="connection unexpectedly closed", code=RERR_STREAMIO):
+        super().__init__(msg, code)
+
+
+class RemoteExit(RsyncError):
+    """The peer reported a fatal error (MSG_ERROR_EXIT) and is gone."""
+
+
+# ----------------------------------------------------------------------------
+# Transports: a byte pipe to the peer.
+
+
+class Transport:
+    """A bidirectional byte stream: `recv(n)` returns up to n bytes (b"" at
+    end of stream), `sendv(buffers)` writes them all in order."""
+
+    timeout = None
+
+    def recv(self, n):
+        raise NotImplementedError
+
+    def sendv(self, buffers):
+        raise NotImplementedError
+
+    def close(self):
+        pass
+
+    def shutdown_write(self):
+        pass
+
+
+class SocketTransport(Transport):
+    """A connected socket (TCP, or one end of a socketpair)."""
+
+    def __init__(self, sock, timeout=None):
+        self.sock = sock
+        self.set_timeout(timeout)
+
+    def set_timeout(self, timeout):
+        self.timeout = timeout
+        self.sock.settimeout(timeout)
+
+    def recv(self, n):
+        try:
+            return self.sock.recv(n)
+        except socket.timeout:
+            raise RsyncError("timeout waiting for data from the peer", RERR_TIMEOUT) from None
+        except ConnectionResetError:
+            return b""
+
+    def recv_into(self, buf):
+        try:
+            return self.sock.recv_into(buf)
+        except socket.timeout:
+            raise RsyncError("timeout waiting for data from the peer", RERR_TIMEOUT) from None
+        except ConnectionResetError:
+            return 0
+
+    def sendv(self, buffers):
+        try:
+            if len(buffers) == 1:
+                self.sock.sendall(buffers[0])
+                return
+            pending = [memoryview(b).cast("B") for b in buffers if len(b)]
+            while pending:
+                sent = self.sock.sendmsg(pending[:512])
+                while sent and pending:
+                    if sent >= len(pending[0]):
+                        sent -= len(pending[0])
+                        pending.pop(0)
+                    else:
+                        pending[0] = pending[0][sent:]
+                        sent = 0
+        except socket.timeout:
+            raise RsyncError("timeout sending data to the peer", RERR_TIMEOUT) from None
+        except (BrokenPipeError, ConnectionResetError):
+            raise ConnectionClosed("connection unexpectedly closed (broken pipe)", RERR_SOCKETIO) from None
+
+    def shutdown_write(self):
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class PipeTransport(Transport):
+    """A pair of file descriptors: stdin/stdout of `--server`, or a remote shell."""
+
+    def __init__(self, fd_in, fd_out, timeout=None):
+        self.fd_in = fd_in
+        self.fd_out = fd_out
+        self.timeout = timeout
+
+    def set_timeout(self, timeout):
+        self.timeout = timeout
+
+    def _wait(self, fd, for_write):
+        if not self.timeout:
+            return
+        import select
+        r, w, _ = select.select([] if for_write else [fd], [fd] if for_write else [], [], self.timeout)
+        if not r and not w:
+            raise RsyncError("timeout in data send/receive", RERR_TIMEOUT)
+
+    def recv(self, n):
+        self._wait(self.fd_in, False)
+        try:
+            return os.read(self.fd_in, n)
+        except ConnectionResetError:
+            return b""
+
+    def sendv(self, buffers):
+        pending = [memoryview(b).cast("B") for b in buffers if len(b)]
+        try:
+            while pending:
+                self._wait(self.fd_out, True)
+                sent = os.writev(self.fd_out, pending[:512])
+                while sent and pending:
+                    if sent >= len(pending[0]):
+                        sent -= len(pending[0])
+                        pending.pop(0)
+                    else:
+                        pending[0] = pending[0][sent:]
+                        sent = 0
+        except (BrokenPipeError, ConnectionResetError):
+            raise ConnectionClosed("connection unexpectedly closed (broken pipe)", RERR_SOCKETIO) from None
+
+    def shutdown_write(self):
+        try:
+            os.close(self.fd_out)
+        except OSError:
+            pass
+        self.fd_out = -1
+
+    def close(self):
+        for fd in (self.fd_in, self.fd_out):
+            if fd > 2:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+
+class BytesTransport(Transport):
+    """Feeds fixed bytes and collects what is written: for tests and fuzzers."""
+
+    def __init__(self, data=b"", chunk=1 << 16):
+        self.data = memoryview(bytes(data))
+        self.chunk = chunk
+        self.out = bytearray()
+
+    def recv(self, n):
+        piece = bytes(self.data[:min(n, self.chunk)])
+        self.data = self.data[len(piece):]
+        return piece
+
+    def sendv(self, buffers):
+        for b in buffers:
+            self.out += b
+
+
+# ----------------------------------------------------------------------------
+# Reading: the raw stream, the demultiplexer, and the decoder on top.
+
+
+class RawIn:
+    """Buffered reads from a transport; calls `before_block` (which flushes
+    our pending output) before it waits for the peer, so the two sides can
+    never both wait for each other."""
+
+    def __init__(self, transport, before_block=None):
+        self.transport = transport
+        self.before_block = before_block
+        self.buf = bytearray()
+        self.pos = 0
+        self.total = 0
+
+    def _fill(self, want):
+        if self.pos:
+            del self.buf[:self.pos]
+            self.pos = 0
+        if self.before_block:
+            self.before_block()
+        data = self.transport.recv(max(want, 1 << 18))
+        if not data:
+            return False
+        self.buf += data
+        self.total += len(data)
+        return True
+
+    def read(self, n):
+        """Exactly n bytes."""
+        while len(self.buf) - self.pos < n:
+            if not self._fill(n - (len(self.buf) - self.pos)):
+                raise ConnectionClosed()
+        b = bytes(self.buf[self.pos:self.pos + n])
+        self.pos += n
+        return b
+
+    def read_line(self, limit=4096, eol=b"\n"):
+        """A line without its terminator; a line over `limit` bytes is an error."""
+        while True:
+            i = self.buf.find(eol, self.pos)
+            if i >= 0:
+                line = bytes(self.buf[self.pos:i])
+                self.pos = i + 1
+                if len(line) > limit:
+                    raise ProtocolError("line from peer too long", RERR_PROTOCOL)
+                return line
+            if len(self.buf) - self.pos > limit:
+                raise ProtocolError("line from peer too long", RERR_PROTOCOL)
+            if not self._fill(1):
+                if len(self.buf) > self.pos:
+                    raise ConnectionClosed("connection closed in the middle of a line")
+                raise ConnectionClosed()
+
+    def pending(self):
+        return len(self.buf) - self.pos
+
+
+class Demux:
+    """Reads rsync's multiplexed stream (io.c read_a_msg): frames of a 4-byte
+    little-endian header `((MPLEX_BASE + tag) << 24) | length` and a payload.
+    MSG_DATA payloads become the data stream; every other message goes to
+    `on_message(tag, payload)`."""
+
+    MAX_MSG = 1 << 24
+
+    def __init__(self, raw, on_message):
+        self.raw = raw
+        self.on_message = on_message
+        self.buf = b""
+        self.pos = 0
+
+    def _next_data(self):
+        while True:
+            hdr = struct.unpack("<I", self.raw.read(4))[0]
+            tag = (hdr >> 24) - MPLEX_BASE
+            length = hdr & 0xFFFFFF
+            if tag == MSG_DATA:
+                if length:
+                    return self.raw.read(length)
+                continue
+            if tag < 0:
+                raise ProtocolError("unexpected tag %d (is the peer speaking rsync?)" % tag)
+            payload = self.raw.read(length) if length else b""
+            self.on_message(tag, payload)
+
+    def read(self, n):
+        avail = len(self.buf) - self.pos
+        if avail >= n:
+            b = self.buf[self.pos:self.pos + n]
+            self.pos += n
+            return b
+        parts = [self.buf[self.pos:]] if avail else []
+        need = n - avail
+        while need > 0:
+            data = self._next_data()
+            if len(data) > need:
+                parts.append(data[:need])
+                self.buf, self.pos = data, need
+                need = 0
+            else:
+                parts.append(data)
+                need -= len(data)
+                self.buf, self.pos = b"", 0
+        return b"".join(parts)
+
+    def pending(self):
+        return len(self.buf) - self.pos
+
+
+class In:
+    """Decodes rsync's integer and string encodings (io.c) from `src`, any
+    object with `read(n)` returning exactly n bytes."""
+
+    def __init__(self, src, protocol=PROTOCOL_VERSION):
+        self.src = src
+        self.protocol = protocol
+        self.prev_positive = -1
+        self.prev_negative = 1
+
+    def read(self, n):
+        if n < 0:
+            raise ProtocolError("negative length %d from peer" % n)
+        return self.src.read(n) if n else b""
+
+    def byte(self):
+        return self.src.read(1)[0]
+
+    def shortint(self):
+        return struct.unpack("<H", self.src.read(2))[0]
+
+    def int32(self):
+        return struct.unpack("<i", self.src.read(4))[0]
+
+    def uint32(self):
+        return struct.unpack("<I", self.src.read(4))[0]
+
+    def int64(self):
+        return struct.unpack("<q", self.src.read(8))[0]
+
+    def longint(self):
+        """write_longint: int32, or -1 followed by an int64."""
+        v = self.int32()
+        if v != -1:
+            return v
+        return self.int64()
+
+    def varint(self):
+        ch = self.byte()
+        extra = _INT_BYTE_EXTRA[ch >> 2]
+        if not extra:
+            return ch
+        if extra >= 5:
+            raise ProtocolError("Overflow in read_varint()")
+        b = self.src.read(extra) + bytes([ch & ((1 << (8 - extra)) - 1)])
+        return struct.unpack("<i", b.ljust(4, b"\0")[:4])[0]
+
+    def varlong(self, min_bytes):
+        first = self.src.read(min_bytes)
+        extra = _INT_BYTE_EXTRA[first[0] >> 2]
+        if min_bytes + extra > 9:
+            raise ProtocolError("Overflow in read_varlong()")
+        body = first[1:]
+        if extra:
+            body += self.src.read(extra) + bytes([first[0] & ((1 << (8 - extra)) - 1)])
+        else:
+            body += first[:1]
+        return struct.unpack("<q", body.ljust(8, b"\0")[:8])[0]
+
+    def varint30(self):
+        return self.varint() if self.protocol >= 30 else self.int32()
+
+    def varlong30(self, min_bytes):
+        return self.varlong(min_bytes) if self.protocol >= 30 else self.longint()
+
+    def vstring(self, limit=MAX_PATH):
+        n = self.byte()
+        if n & 0x80:
+            n = ((n & 0x7F) << 8) | self.byte()
+        if n > limit:
+            raise ProtocolError("over-long vstring received (%d > %d)" % (n, limit))
+        return self.read(n)
+
+    def ndx(self):
+        """read_ndx: a file index; int32 below 30, else diff-encoded."""
+        if self.protocol < 30:
+            return self.int32()
+        b = self.byte()
+        if b == 0:
+            return NDX_DONE
+        negative = b == 0xFF
+        if negative:
+            b = self.byte()
+        if b == 0xFE:
+            hi = self.src.read(2)
+            if hi[0] & 0x80:
+                rest = self.src.read(2)
+                num = ((hi[0] & 0x7F) << 24) | hi[1] | (rest[0] << 8) | (rest[1] << 16)
+            else:
+                num = ((hi[0] << 8) | hi[1]) + (self.prev_negative if negative else self.prev_positive)
+        else:
+            num = b + (self.prev_negative if negative else self.prev_positive)
+        if negative:
+            self.prev_negative = num
+            return -num
+        self.prev_positive = num
+        return num
+
+
+_INT_BYTE_EXTRA = bytes([0] * 32 + [1] * 16 + [2] * 8 + [3] * 4 + [4] * 2 + [5, 6])
+
+
+# ----------------------------------------------------------------------------
+# Writing: encodings into a buffer, flushed raw or multiplexed.
+
+
+def enc_int32(v):
+    return struct.pack("<i", v)
+
+
+def enc_varint(x):
+    """write_varint: the leading 1 bits of the first byte count extra bytes."""
+    b = struct.pack("<i", x)
+    cnt = 4
+    while cnt > 1 and b[cnt - 1] == 0:
+        cnt -= 1
+    bit = 1 << (7 - cnt + 1)
+    top = b[cnt - 1]
+    if top >= bit:
+        return bytes([(~(bit - 1)) & 0xFF]) + b[:cnt]
+    if cnt > 1:
+        return bytes([(top | ~(bit * 2 - 1)) & 0xFF]) + b[:cnt - 1]
+    return bytes([top])
+
+
+def enc_varlong(x, min_bytes):
+    """write_varlong: min_bytes-1 low bytes always, more as needed."""
+    b = struct.pack("<q", x)
+    cnt = 8
+    while cnt > min_bytes and b[cnt - 1] == 0:
+        cnt -= 1
+    bit = 1 << (7 - cnt + min_bytes)
+    top = b[cnt - 1]
+    if top >= bit:
+        return bytes([(~(bit - 1)) & 0xFF]) + b[:cnt]
+    if cnt > min_bytes:
+        return bytes([(top | ~(bit * 2 - 1)) & 0xFF]) + b[:cnt - 1]
+    return bytes([top]) + b[:cnt - 1]
+
+
+def enc_longint(x):
+    if 0 <= x <= 0x7FFFFFFF:
+        return struct.pack("<i", x)
+    return b"\xff\xff\xff\xff" + struct.pack("<q", x)
+
+
+def enc_vstring(s):
+    n = len(s)
+    if n > 0x7FFF:
+        raise ValueError("vstring too long")
+    if n > 0x7F:
+        return bytes([0x80 | (n >> 8), n & 0xFF]) + s
+    return bytes([n]) + s
+
+
+class Out:
+    """Encodes rsync's integers and strings into a buffer. `flush()` hands
+    the buffer to the transport, in MSG_DATA frames once `multiplexed`.
+    Messages (`msg`) are written in order with the data around them."""
+
+    FLUSH_AT = 1 << 16
+    MAX_FRAME = 0xFFFFFF
+
+    def __init__(self, transport, protocol=PROTOCOL_VERSION):
+        self.transport = transport
+        self.protocol = protocol
+        self.buf = bytearray()
+        self.multiplexed = False
+        self.total = 0
+        self.prev_positive = -1
+        self.prev_negative = 1
+        self.lock = threading.RLock()
+
+    def _send(self, parts):
+        self.total += sum(len(p) for p in parts)
+        self.transport.sendv(parts)
+
+    def _frame(self, tag, length):
+        return struct.pack("<I", ((MPLEX_BASE + tag) << 24) | length)
+
+    def flush(self):
+        with self.lock:
+            if not self.buf:
+                return
+            data = self.buf
+            self.buf = bytearray()
+            if not self.multiplexed:
+                self._send([data])
+                return
+            mv = memoryview(data)
+            parts = []
+            for i in range(0, len(mv), self.MAX_FRAME):
+                piece = mv[i:i + self.MAX_FRAME]
+                parts.append(self._frame(MSG_DATA, len(piece)))
+                parts.append(piece)
+            self._send(parts)
+
+    def _maybe_flush(self):
+        if len(self.buf) >= self.FLUSH_AT:
+            self.flush()
+
+    def write(self, b):
+        with self.lock:
+            self.buf += b
+            self._maybe_flush()
+
+    def write_data(self, head, data):
+        """`head` (a few bytes) then a large buffer, sent without copying it."""
+        with self.lock:
+            if len(data) < 4096:
+                self.buf += head
+                self.buf += data
+                self._maybe_flush()
+                return
+            self.buf += head
+            if not self.multiplexed:
+                pending = self.buf
+                self.buf = bytearray()
+                self._send([pending, data])
+                return
+            pending = self.buf
+            self.buf = bytearray()
+            total = len(pending) + len(data)
+            if total <= self.MAX_FRAME:
+                self._send([self._frame(MSG_DATA, total), pending, data])
+            else:
+                self.buf = pending
+                self.flush()
+                mv = memoryview(data)
+                for i in range(0, len(mv), self.MAX_FRAME):
+                    piece = mv[i:i + self.MAX_FRAME]
+                    self._send([self._frame(MSG_DATA, len(piece)), piece])
+
+    def write_parts(self, parts):
+        """Many small and large buffers as one MSG_DATA frame (or a few),
+        handed to the transport in a single call when possible."""
+        with self.lock:
+            total = sum(len(p) for p in parts)
+            if not self.multiplexed:
+                pending, self.buf = self.buf, bytearray()
+                self._send([pending] + parts if pending else parts)
+                return
+            if self.buf:
+                if len(self.buf) + total <= self.MAX_FRAME:
+                    pending, self.buf = self.buf, bytearray()
+                    self._send([self._frame(MSG_DATA, len(pending) + total), pending] + parts)
+                    return
+                self.flush()
+            if total <= self.MAX_FRAME:
+                self._send([self._frame(MSG_DATA, total)] + parts)
+                return
+            for p in parts:
+                self.write_data(b"", p)
+            self.flush()
+
+    def byte(self, v):
+        self.write(bytes([v & 0xFF]))
+
+    def shortint(self, v):
+        self.write(struct.pack("<H", v & 0xFFFF))
+
+    def int32(self, v):
+        self.write(struct.pack("<i", v))
+
+    def uint32(self, v):
+        self.write(struct.pack("<I", v))
+
+    def longint(self, v):
+        self.write(enc_longint(v))
+
+    def varint(self, v):
+        self.write(enc_varint(v))
+
+    def varlong(self, v, min_bytes):
+        self.write(enc_varlong(v, min_bytes))
+
+    def varint30(self, v):
+        self.write(enc_varint(v) if self.protocol >= 30 else struct.pack("<i", v))
+
+    def varlong30(self, v, min_bytes):
+        self.write(enc_varlong(v, min_bytes) if self.protocol >= 30 else enc_longint(v))
+
+    def vstring(self, s):
+        self.write(enc_vstring(s))
+
+    def ndx(self, ndx):
+        """write_ndx: int32 below 30, else the diff-encoded form."""
+        if self.protocol < 30:
+            self.int32(ndx)
+            return
+        out = bytearray()
+        if ndx >= 0:
+            diff = ndx - self.prev_positive
+            self.prev_positive = ndx
+        elif ndx == NDX_DONE:
+            self.write(b"\0")
+            return
+        else:
+            out.append(0xFF)
+            ndx = -ndx
+            diff = ndx - self.prev_negative
+            self.prev_negative = ndx
+        if 0 < diff < 0xFE:
+            out.append(diff)
+        elif diff < 0 or diff > 0x7FFF:
+            out += bytes([0xFE, (ndx >> 24) | 0x80, ndx & 0xFF, (ndx >> 8) & 0xFF, (ndx >> 16) & 0xFF])
+        else:
+            out += bytes([0xFE, diff >> 8, diff & 0xFF])
+        self.write(bytes(out))
+
+    def msg(self, tag, payload=b""):
+        """A multiplexed message; data written before it goes first."""
+        with self.lock:
+            self.flush()
+            if not self.multiplexed:
+                return
+            self._send([self._frame(tag, len(payload)) + payload])
+
+
+# ----------------------------------------------------------------------------
+# Checksums (checksum.c): the rolling sum lives in rsync_delta; here are the
+# strong block sums and the whole-file sums, by negotiated name.
+
+try:
+    import xxhash
+except ImportError:  # pragma: no cover - xxhash is a declared dependency
+    xxhash = None
+
+CHECKSUM_DIGEST_LEN = {"xxh128": 16, "xxh3": 8, "xxh64": 8, "md5": 16, "md4": 16, "sha1": 20}
+CHECKSUM_ALIASES = {"xxhash": "xxh64"}
+
+
+def available_checksums():
+    """Our checksum names in rsync's order of preference."""
+    names = ["xxh128", "xxh3", "xxh64"] if xxhash else []
+    names += ["md5"]
+    if rsync_md4 is not None:
+        names.append("md4")
+    names.append("sha1")
+    return names
+
+
+class _Reversed:
+    """An xxhash state whose digest comes out in rsync's little-endian order."""
+
+    __slots__ = ("h",)
+
+    def __init__(self, h):
+        self.h = h
+
+    def update(self, data):
+        self.h.update(data)
+
+    def digest(self):
+        return self.h.digest()[::-1]
+
+
+def new_hash(name, seed=0):
+    """An unseeded-or-seeded hash object for `name` with rsync's byte order."""
+    if name == "md5":
+        return hashlib.md5()
+    if name == "md4":
+        return rsync_md4.md4()
+    if name == "sha1":
+        return hashlib.sha1()
+    s = seed & 0xFFFFFFFFFFFFFFFF
+    if name == "xxh64":
+        return _Reversed(xxhash.xxh64(seed=s))
+    if name == "xxh3":
+        return _Reversed(xxhash.xxh3_64(seed=s))
+    if name == "xxh128":
+        return _Reversed(xxhash.xxh3_128(seed=s))
+    raise RsyncError("unknown checksum name: %s" % name, RERR_UNSUPPORTED)
+
+
+class Checksums:
+    """What the session negotiated: the transfer checksum (block strong sums
+    and the whole-file sum) and the file checksum (`-c`), with the seed.
+
+    get_checksum2: md4 hashes data then the seed; sha1 seed first; the xxh
+    family take it as their hash seed; md5 puts the seed first (rsync built
+    with OpenSSL hashes every md5 named in its table that way), except for
+    the implied md5 of protocol 30+ without negotiation or
+    CF_CHKSUM_SEED_FIX (proper_seed_order), which puts it last. A zero
+    seed is left out. The whole-file sum is seeded (seed first) only with the md4
+    that protocols below 30 use when no checksum was chosen (`legacy_md4`).
+    """
+
+    def __init__(self, xfer_name, file_name, seed, md5_seed_first, protocol, legacy_md4=False):
+        self.xfer_name = xfer_name
+        self.legacy_md4 = legacy_md4
+        self.file_name = file_name
+        self.seed = seed
+        self.protocol = protocol
+        self.xfer_len = CHECKSUM_DIGEST_LEN[xfer_name]
+        self.file_len = CHECKSUM_DIGEST_LEN[file_name]
+        seedbytes = struct.pack("<i", seed) if seed else b""
+        self.seedbytes = seedbytes
+        if xfer_name in ("xxh64", "xxh3", "xxh128"):
+            s = seed & 0xFFFFFFFFFFFFFFFF
+            fn = {"xxh64": xxhash.xxh64_digest, "xxh3": xxhash.xxh3_64_digest,
+                  "xxh128": xxhash.xxh3_128_digest}[xfer_name]
+            self.strong = lambda data: fn(data, s)[::-1]
+        else:
+            if xfer_name == "md4" or (xfer_name == "md5" and not md5_seed_first):
+                seed_first = False
+            else:
+                seed_first = True
+            ctor = (lambda: new_hash(xfer_name))
+            if not seedbytes:
+                def strong(data):
+                    h = ctor()
+                    h.update(data)
+                    return h.digest()
+            elif seed_first:
+                base = ctor()
+                base.update(seedbytes)
+
+                def strong(data):
+                    h = base.copy()
+                    h.update(data)
+                    return h.digest()
+            else:
+                def strong(data):
+                    h = ctor()
+                    h.update(data)
+                    h.update(seedbytes)
+                    return h.digest()
+            self.strong = strong
+
+    def file_hasher(self):
+        """The accumulator for the whole-file sum sent after each file's data."""
+        h = new_hash(self.xfer_name)
+        if self.legacy_md4:
+            h.update(struct.pack("<i", self.seed))
+        return h
+
+    def file_checksum(self, fd, size):
+        """The `-c` checksum of an open file: unseeded file checksum."""
+        h = new_hash(self.file_name)
+        buf = bytearray(1 << 20)
+        mv = memoryview(buf)
+        left = size
+        while left > 0:
+            n = os.readv(fd, [mv[:min(left, len(buf))]])
+            if n <= 0:
+                break
+            h.update(mv[:n])
+            left -= n
+        return h.digest()
+
+
+def negotiate_pick(ours, theirs):
+    """The first name in `theirs` that we support (rsync's order for both)."""
+    names = [CHECKSUM_ALIASES.get(n, n) for n in theirs.split()]
+    for n in names:
+        if n in ours:
+            return n
+    return None
+
+
+# ----------------------------------------------------------------------------
+# The file list (flist.c).
+
+FLAG_TOP_DIR = 1 << 0
+FLAG_CONTENT_DIR = 1 << 2
+FLAG_IMPLIED_DIR = 1 << 9
+FLAG_MOUNT_DIR = 1 << 5
+FLAG_HLINK_FIRST = 1 << 12
+FLAG_HLINKED = 1 << 13
+FLAG_DUPLICATE = 1 << 4
+
+
+def _is_device(mode):
+    return stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+
+
+def _is_special(mode):
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
+class FileEntry:
+    """One file-list entry. `name` is the wire name (relative, bytes);
+    `src` (sender only) is its path below the sending root."""
+
+    __slots__ = ("name", "mode", "size", "mtime", "nsec", "uid", "gid", "user", "group",
+                 "rdev_major", "rdev_minor", "link", "flags", "hl_first", "hl_dev", "hl_ino",
+                 "sum", "src", "ndx", "sent")
+
+    def __init__(self, name, mode=0, size=0, mtime=0, nsec=0, uid=0, gid=0):
+        self.name = name
+        self.mode = mode
+        self.size = size
+        self.mtime = mtime
+        self.nsec = nsec
+        self.uid = uid
+        self.gid = gid
+        self.user = None
+        self.group = None
+        self.rdev_major = 0
+        self.rdev_minor = 0
+        self.link = None
+        self.flags = 0
+        self.hl_first = -1
+        self.hl_dev = -1
+        self.hl_ino = 0
+        self.sum = None
+        self.src = None
+        self.ndx = -1
+        self.sent = False
+
+    def is_dir(self):
+        return stat.S_ISDIR(self.mode)
+
+    def is_reg(self):
+        return stat.S_ISREG(self.mode)
+
+    def is_link(self):
+        return stat.S_ISLNK(self.mode)
+
+    def __repr__(self):
+        return "FileEntry(%r, mode=%o, size=%d)" % (self.name, self.mode, self.size)
+
+
+def sort_key(name, is_dir, protocol):
+    """A key that orders entries as f_name_cmp does.
+
+    From protocol 29, at every level the non-directories of a directory sort
+    before its subdirectories, a directory compares as its name plus "/", and
+    a directory comes right before its contents; "." comes first of all.
+    Earlier protocols compare the plain path bytes."""
+    if protocol < 29:
+        return name
+    if name == b".":
+        return b"\0"
+    parts = name.split(b"/")
+    key = [b"\1" + p + b"/" for p in parts[:-1]]
+    if is_dir:
+        key.append(b"\1" + parts[-1] + b"/\0")
+    else:
+        key.append(b"\0" + parts[-1])
+    return b"".join(key)
+
+
+def sort_file_list(entries, protocol):
+    """Sorts in place as both sides of rsync do before using indexes."""
+    entries.sort(key=lambda e: sort_key(e.name, stat.S_ISDIR(e.mode), protocol))
+    for i, e in enumerate(entries):
+        e.ndx = i
+
+
+class FlistEncoder:
+    """send_file_entry: writes entries with the SAME_* compression state."""
+
+    def __init__(self, out, opts, protocol, xfer_flags_as_varint, csum_len):
+        self.out = out
+        self.opts = opts
+        self.protocol = protocol
+        self.varint_flags = xfer_flags_as_varint
+        self.csum_len = csum_len
+        self.modtime = 0
+        self.mode = 0
+        self.rdev_major = 0
+        self.rdev = (0, 0)
+        self.uid = 0
+        self.gid = 0
+        self.dev = -1
+        self.lastname = b""
+        self.users = {}
+        self.groups = {}
+        self.hlinks = {}
+        self.total_size = 0
+
+    def send(self, e, ndx):
+        o, p, opts = self.out, self.protocol, self.opts
+        mode = e.mode
+        xflags = 0
+        if stat.S_ISDIR(mode):
+            if p >= 30:
+                if e.flags & FLAG_CONTENT_DIR:
+                    xflags = e.flags & FLAG_TOP_DIR
+                elif e.flags & FLAG_IMPLIED_DIR:
+                    xflags = XMIT_TOP_DIR | XMIT_NO_CONTENT_DIR
+                else:
+                    xflags = XMIT_NO_CONTENT_DIR
+            else:
+                xflags = e.flags & FLAG_TOP_DIR
+        if mode == self.mode:
+            xflags |= XMIT_SAME_MODE
+        else:
+            self.mode = mode
+        rdev = None
+        if opts.devices and _is_device(mode):
+            rdev = (e.rdev_major, e.rdev_minor)
+            if p < 28:
+                if rdev == self.rdev:
+                    xflags |= XMIT_SAME_RDEV_pre28
+                else:
+                    self.rdev = rdev
+            else:
+                self.rdev = rdev
+                if e.rdev_major == self.rdev_major:
+                    xflags |= XMIT_SAME_RDEV_MAJOR
+                else:
+                    self.rdev_major = e.rdev_major
+                if p < 30 and e.rdev_minor <= 0xFF:
+                    xflags |= XMIT_RDEV_MINOR_8_pre30
+        elif opts.specials and _is_special(mode) and p < 31:
+            if p < 28:
+                xflags |= XMIT_SAME_RDEV_pre28
+            else:
+                rdev = (self.rdev_major, 0)
+                self.rdev = rdev
+                xflags |= XMIT_SAME_RDEV_MAJOR
+                if p < 30:
+                    xflags |= XMIT_RDEV_MINOR_8_pre30
+        elif p < 28:
+            self.rdev = (0, 0)
+        first = bool(self.lastname)
+        if not opts.owner or (e.uid == self.uid and first):
+            xflags |= XMIT_SAME_UID
+        else:
+            self.uid = e.uid
+            if not opts.numeric_ids and e.uid not in self.users:
+                self.users[e.uid] = e.user
+        if not opts.group or (e.gid == self.gid and first):
+            xflags |= XMIT_SAME_GID
+        else:
+            self.gid = e.gid
+            if not opts.numeric_ids and e.gid not in self.groups:
+                self.groups[e.gid] = e.group
+        if e.mtime == self.modtime:
+            xflags |= XMIT_SAME_TIME
+        else:
+            self.modtime = e.mtime
+        if e.nsec and p >= 31:
+            xflags |= XMIT_MOD_NSEC
+        first_hlink = -1
+        if e.hl_dev != -1:
+            if p >= 30:
+                key = (e.hl_dev, e.hl_ino)
+                first_hlink = self.hlinks.get(key, -1)
+                if first_hlink < 0:
+                    self.hlinks[key] = ndx
+                    xflags |= XMIT_HLINK_FIRST
+            else:
+                if e.hl_dev == self.dev:
+                    if p >= 28:
+                        xflags |= XMIT_SAME_DEV_pre30
+                else:
+                    self.dev = e.hl_dev
+            xflags |= XMIT_HLINKED
+        name = e.name
+        last = self.lastname
+        l1 = 0
+        lim = min(len(name), len(last), 255)
+        while l1 < lim and name[l1] == last[l1]:
+            l1 += 1
+        l2 = len(name) - l1
+        if l1:
+            xflags |= XMIT_SAME_NAME
+        if l2 > 255:
+            xflags |= XMIT_LONG_NAME
+        buf = bytearray()
+        if self.varint_flags:
+            buf += enc_varint(xflags or XMIT_EXTENDED_FLAGS)
+        elif p >= 28:
+            if not xflags and not stat.S_ISDIR(mode):
+                xflags |= XMIT_TOP_DIR
+            if (xflags & 0xFF00) or not xflags:
+                xflags |= XMIT_EXTENDED_FLAGS
+                buf += struct.pack("<H", xflags & 0xFFFF)
+            else:
+                buf.append(xflags)
+        else:
+            if not (xflags & 0xFF):
+                xflags |= XMIT_LONG_NAME if stat.S_ISDIR(mode) else XMIT_TOP_DIR
+            buf.append(xflags & 0xFF)
+        if xflags & XMIT_SAME_NAME:
+            buf.append(l1)
+        if xflags & XMIT_LONG_NAME:
+            buf += enc_varint(l2) if p >= 30 else struct.pack("<i", l2)
+        else:
+            buf.append(l2)
+        buf += name[l1:]
+        self.lastname = name
+        if first_hlink >= 0:
+            buf += enc_varint(first_hlink)
+            o.write(bytes(buf))
+            if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
+                self.total_size += e.size
+            return
+        buf += enc_varlong(e.size, 3) if p >= 30 else enc_longint(e.size)
+        if not xflags & XMIT_SAME_TIME:
+            buf += enc_varlong(e.mtime, 4) if p >= 30 else struct.pack("<I", e.mtime & 0xFFFFFFFF)
+        if xflags & XMIT_MOD_NSEC:
+            buf += enc_varint(e.nsec)
+        if not xflags & XMIT_SAME_MODE:
+            buf += struct.pack("<I", mode & 0xFFFFFFFF)
+        if opts.owner and not xflags & XMIT_SAME_UID:
+            buf += enc_varint(e.uid) if p >= 30 else struct.pack("<i", e.uid)
+        if opts.group and not xflags & XMIT_SAME_GID:
+            buf += enc_varint(e.gid) if p >= 30 else struct.pack("<i", e.gid)
+        if rdev is not None:
+            if p < 28:
+                if not xflags & XMIT_SAME_RDEV_pre28:
+                    buf += struct.pack("<I", os.makedev(*rdev) & 0xFFFFFFFF)
+            else:
+                if not xflags & XMIT_SAME_RDEV_MAJOR:
+                    buf += enc_varint(rdev[0]) if p >= 30 else struct.pack("<i", rdev[0])
+                if p >= 30:
+                    buf += enc_varint(rdev[1])
+                elif xflags & XMIT_RDEV_MINOR_8_pre30:
+                    buf.append(rdev[1])
+                else:
+                    buf += struct.pack("<i", rdev[1])
+        if opts.links and stat.S_ISLNK(mode):
+            target = e.link or b""
+            buf += enc_varint(len(target)) if p >= 30 else struct.pack("<i", len(target))
+            buf += target
+        if e.hl_dev != -1 and p < 30:
+            if not xflags & XMIT_SAME_DEV_pre30:
+                buf += enc_longint(e.hl_dev + 1)
+            buf += enc_longint(e.hl_ino)
+        if opts.checksum and (stat.S_ISREG(mode) or p < 28):
+            buf += (e.sum if stat.S_ISREG(mode) and e.sum else b"\0" * self.csum_len)
+        o.write(bytes(buf))
+        if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
+            self.total_size += e.size
+
+    def end(self, io_error, safe_flist):
+        """write_end_of_flist, then the id lists and (below 30) the io_error."""
+        o = self.out
+        if self.varint_flags:
+            o.varint(0)
+            o.varint(io_error)
+        elif io_error and safe_flist:
+            o.shortint(XMIT_EXTENDED_FLAGS | XMIT_IO_ERROR_ENDLIST)
+            o.varint(io_error)
+        else:
+            o.byte(0)
+
+    def send_id_lists(self, id0_names):
+        """send_id_lists: (id, name) pairs for each id first seen, 0 ends."""
+        o, opts = self.out, self.opts
+        for wanted, ids, lookup in ((opts.owner, self.users, _user_name),
+                                    (opts.group, self.groups, _group_name)):
+            if not wanted:
+                continue
+            for i, name in ids.items():
+                if i and name:
+                    o.varint30(i)
+                    o.byte(len(name))
+                    o.write(name)
+            o.varint30(0)
+            if id0_names:
+                name = lookup(0) or b""
+                o.byte(len(name))
+                o.write(name)
+
+
+def _user_name(uid):
+    try:
+        return pwd.getpwuid(uid).pw_name.encode()[:255]
+    except (KeyError, OverflowError):
+        return None
+
+
+def _group_name(gid):
+    try:
+        return grp.getgrgid(gid).gr_name.encode()[:255]
+    except (KeyError, OverflowError):
+        return None
+
+
+MAX_WIRE_NSEC = 999999999
+
+
+def check_name(name, relative=False):
+    """clean_fname with CFN_REFUSE_DOT_DOT_DIRS, as a receiver checks every
+    name it is sent: no `..` component, no absolute name, no NUL."""
+    if b"\0" in name:
+        raise ProtocolError("file name contains a NUL byte: %r" % name, RERR_PROTOCOL)
+    if name.startswith(b"/") and not relative:
+        raise ProtocolError("ABORTING due to unsafe pathname from sender: %s" % _show(name),
+                            RERR_UNSUPPORTED)
+    for part in name.split(b"/"):
+        if part == b"..":
+            raise ProtocolError("ABORTING due to invalid path from sender: %s" % _show(name),
+                                RERR_UNSUPPORTED)
+
+
+def _show(name):
+    return name.decode("utf-8", "backslashreplace")
+
+
+class FlistDecoder:
+    """recv_file_entry: reads entries, undoing the SAME_* compression and
+    checking every field against the protocol's limits."""
+
+    MAX_ENTRIES = 50_000_000
+
+    def __init__(self, inp, opts, protocol, xfer_flags_as_varint, csum_len, id0_names=False):
+        self.inp = inp
+        self.opts = opts
+        self.protocol = protocol
+        self.varint_flags = xfer_flags_as_varint
+        self.csum_len = csum_len
+        self.id0_names = id0_names
+        self.modtime = 0
+        self.nsec = 0
+        self.mode = 0
+        self.rdev_major = 0
+        self.rdev = (0, 0)
+        self.uid = 0
+        self.gid = 0
+        self.dev = -1
+        self.lastname = b""
+        self.entries = []
+        self.io_error = 0
+
+    def read_flags(self):
+        """The next entry's xflags, or None at the end of the list."""
+        i, p = self.inp, self.protocol
+        if self.varint_flags:
+            xflags = i.varint()
+            if xflags == 0:
+                self.io_error = i.varint()
+                return None
+            return xflags
+        xflags = i.byte()
+        if xflags == 0:
+            return None
+        if p >= 28 and xflags & XMIT_EXTENDED_FLAGS:
+            xflags |= i.byte() << 8
+            if xflags == XMIT_EXTENDED_FLAGS | XMIT_IO_ERROR_ENDLIST:
+                self.io_error = i.varint()
+                return None
+        return xflags
+
+    def recv(self, xflags):
+        i, p, opts = self.inp, self.protocol, self.opts
+        l1 = i.byte() if xflags & XMIT_SAME_NAME else 0
+        if xflags & XMIT_LONG_NAME:
+            l2 = i.varint30()
+        else:
+            l2 = i.byte()
+        if l1 > len(self.lastname) or l2 < 0 or l1 + l2 >= MAX_PATH:
+            raise ProtocolError("overflow: xflags=0x%x l1=%d l2=%d" % (xflags, l1, l2))
+        name = self.lastname[:l1] + i.read(l2)
+        self.lastname = name
+        if not name:
+            raise ProtocolError("empty file name in file list")
+        check_name(name, getattr(opts, "relative", False))
+        if len(self.entries) >= self.MAX_ENTRIES:
+            raise ProtocolError("file list too large", RERR_MALLOC)
+        e = FileEntry(name)
+        ndx = len(self.entries)
+        if p >= 30 and xflags & XMIT_HLINKED and not xflags & XMIT_HLINK_FIRST:
+            first = i.varint()
+            if first < 0 or first >= ndx:
+                raise ProtocolError("hard-link reference out of range: %d (%d)" % (first, ndx))
+            f = self.entries[first]
+            e.size, e.mtime, e.nsec, e.mode = f.size, f.mtime, f.nsec, f.mode
+            e.uid, e.gid, e.user, e.group = f.uid, f.gid, f.user, f.group
+            e.rdev_major, e.rdev_minor, e.link = f.rdev_major, f.rdev_minor, f.link
+            e.hl_first = first
+            self.modtime, self.mode, self.uid, self.gid = f.mtime, f.mode, f.uid, f.gid
+            e.flags = _entry_flags(xflags, p)
+            self.entries.append(e)
+            return e
+        size = i.varlong30(3)
+        if size < 0:
+            raise ProtocolError("negative file size for %s" % _show(name))
+        e.size = size
+        if not xflags & XMIT_SAME_TIME:
+            self.modtime = i.varlong(4) if p >= 30 else i.uint32()
+        e.mtime = self.modtime
+        if xflags & XMIT_MOD_NSEC:
+            nsec = i.varint()
+            if not 0 <= nsec <= MAX_WIRE_NSEC:
+                raise ProtocolError("wire value modtime_nsec out of range: %d" % nsec)
+            e.nsec = nsec
+        if not xflags & XMIT_SAME_MODE:
+            mode = i.uint32()
+            if stat.S_IFMT(mode) not in (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFCHR,
+                                         stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK):
+                raise ProtocolError("invalid mode 0%o for %s" % (mode, _show(name)))
+            self.mode = mode
+        e.mode = mode = self.mode
+        if opts.owner and not xflags & XMIT_SAME_UID:
+            if p < 30:
+                self.uid = i.int32() & 0xFFFFFFFF
+            else:
+                self.uid = i.varint() & 0xFFFFFFFF
+                if xflags & XMIT_USER_NAME_FOLLOWS:
+                    e.user = i.read(i.byte()) or None
+        e.uid = self.uid
+        if opts.group and not xflags & XMIT_SAME_GID:
+            if p < 30:
+                self.gid = i.int32() & 0xFFFFFFFF
+            else:
+                self.gid = i.varint() & 0xFFFFFFFF
+                if xflags & XMIT_GROUP_NAME_FOLLOWS:
+                    e.group = i.read(i.byte()) or None
+        e.gid = self.gid
+        if (opts.devices and _is_device(mode)) or (opts.specials and _is_special(mode) and p < 31):
+            if p < 28:
+                if not xflags & XMIT_SAME_RDEV_pre28:
+                    r = i.uint32()
+                    self.rdev = (os.major(r), os.minor(r))
+            else:
+                if not xflags & XMIT_SAME_RDEV_MAJOR:
+                    self.rdev_major = i.varint30() & 0xFFFFFFFF
+                if p >= 30:
+                    minor = i.varint() & 0xFFFFFFFF
+                elif xflags & XMIT_RDEV_MINOR_8_pre30:
+                    minor = i.byte()
+                else:
+                    minor = i.int32() & 0xFFFFFFFF
+                self.rdev = (self.rdev_major, minor)
+            e.rdev_major, e.rdev_minor = self.rdev
+            e.size = 0
+        elif _is_device(mode):
+            e.size = 0
+        elif p < 28:
+            self.rdev = (0, 0)
+        if opts.links and stat.S_ISLNK(mode):
+            n = i.varint30()
+            if n <= 0 or n >= MAX_PATH:
+                raise ProtocolError("invalid symlink length %d for %s" % (n, _show(name)))
+            e.link = i.read(n)
+            if b"\0" in e.link:
+                raise ProtocolError("symlink target contains NUL for %s" % _show(name))
+        if opts.hard_links and (xflags & XMIT_HLINKED or (p < 28 and stat.S_ISREG(mode))) and p < 30:
+            if p < 28 or not xflags & XMIT_SAME_DEV_pre30:
+                self.dev = i.longint() - 1
+            e.hl_dev = self.dev
+            e.hl_ino = i.longint()
+        if opts.checksum and (stat.S_ISREG(mode) or p < 28):
+            s = i.read(self.csum_len)
+            if stat.S_ISREG(mode):
+                e.sum = s
+        e.flags = _entry_flags(xflags, p)
+        self.entries.append(e)
+        return e
+
+    def recv_id_lists(self):
+        """recv_id_list: the uid and gid name lists after the file list."""
+        i, opts = self.inp, self.opts
+        users, groups = {}, {}
+        for wanted, table in ((opts.owner, users), (opts.group, groups)):
+            if not wanted or opts.numeric_ids:
+                continue
+            while True:
+                ident = i.varint30()
+                if ident == 0:
+                    break
+                name = i.read(i.byte())
+                table[ident & 0xFFFFFFFF] = name
+            if self.id0_names:
+                name = i.read(i.byte())
+                table[0] = name
+        return users, groups
+
+
+def _entry_flags(xflags, protocol):
+    flags = 0
+    if xflags & XMIT_TOP_DIR:
+        flags |= FLAG_TOP_DIR
+    if protocol >= 30:
+        if not (xflags & XMIT_NO_CONTENT_DIR):
+            flags |= FLAG_CONTENT_DIR
+    else:
+        flags |= FLAG_CONTENT_DIR
+    if xflags & XMIT_HLINKED:
+        flags |= FLAG_HLINKED
+    if xflags & XMIT_HLINK_FIRST:
+        flags |= FLAG_HLINK_FIRST
+    return flags
+
+
+# ----------------------------------------------------------------------------
+# Options: what one side tells the other in the server's argv
+# (options.c server_options), and what the server makes of it.
+
+
+class Options:
+    """The transfer options both sides agree on, named as in rsync."""
+
+    def __init__(self):
+        self.server = False
+        self.sender = False
+        self.daemon = False
+        self.verbose = 0
+        self.quiet = False
+        self.dry_run = False
+        self.recurse = False
+        self.dirs = False
+        self.links = False
+        self.copy_links = False
+        self.copy_dirlinks = False
+        self.copy_unsafe_links = False
+        self.safe_links = False
+        self.hard_links = False
+        self.perms = False
+        self.executability = False
+        self.owner = False
+        self.group = False
+        self.devices = False
+        self.specials = False
+        self.times = False
+        self.omit_dir_times = False
+        self.omit_link_times = False
+        self.checksum = False
+        self.ignore_times = False
+        self.size_only = False
+        self.update = False
+        self.whole_file = None
+        self.inplace = False
+        self.append = 0
+        self.partial = False
+        self.partial_dir = None
+        self.delay_updates = False
+        self.sparse = False
+        self.relative = False
+        self.implied_dirs = True
+        self.one_file_system = 0
+        self.numeric_ids = False
+        self.cvs_exclude = False
+        self.delete = False
+        self.delete_mode = None
+        self.delete_excluded = False
+        self.force = False
+        self.max_delete = None
+        self.existing = False
+        self.ignore_existing = False
+        self.min_size = None
+        self.max_size = None
+        self.compress = False
+        self.compress_choice = None
+        self.compress_level = None
+        self.checksum_choice = None
+        self.checksum_seed = 0
+        self.block_size = 0
+        self.timeout = 0
+        self.bwlimit = 0
+        self.modify_window = 0
+        self.ignore_errors = False
+        self.stats = False
+        self.list_only = False
+        self.prune_empty_dirs = False
+        self.keep_dirlinks = False
+        self.backup = False
+        self.fuzzy = 0
+        self.open_noatime = False
+        self.client_info = ""
+        self.protocol = PROTOCOL_VERSION
+        self.log_format = None
+        self.max_alloc = None
+        self.super = False
+
+    @property
+    def preserve_specials(self):
+        return self.specials
+
+
+# Single letters of the packed option word: letter -> (attribute, value).
+# A value of None means "count" (vv, HH, xx).
+SERVER_LETTERS = {
+    "v": ("verbose", None), "q": ("quiet", True), "n": ("dry_run", True),
+    "l": ("links", True), "d": ("dirs", True), "L": ("copy_links", True),
+    "k": ("copy_dirlinks", True), "K": ("keep_dirlinks", True), "W": ("whole_file", True),
+    "H": ("hard_links", True), "o": ("owner", True), "g": ("group", True),
+    "D": ("devices", True), "t": ("times", True), "p": ("perms", True),
+    "E": ("executability", True), "r": ("recurse", True), "c": ("checksum", True),
+    "C": ("cvs_exclude", True), "I": ("ignore_times", True), "R": ("relative", True),
+    "x": ("one_file_system", None), "S": ("sparse", True), "u": ("update", True),
+    "O": ("omit_dir_times", True), "J": ("omit_link_times", True), "m": ("prune_empty_dirs", True),
+}
+
+# Letters that stock rsync may send but that this server does not implement.
+UNSUPPORTED_LETTERS = {
+    "A": "--acls", "X": "--xattrs", "U": "--atimes", "N": "--crtimes", "s": "--protect-args",
+    "z": "--compress", "b": "--backup", "y": "--fuzzy",
+}
+
+# Long options: name -> (attribute, kind) with kind "flag", "int", "str", "noflag".
+SERVER_LONG = {
+    "server": ("server", "flag"), "sender": ("sender", "flag"), "daemon": ("daemon", "flag"),
+    "numeric-ids": ("numeric_ids", "flag"), "inplace": ("inplace", "flag"),
+    "checksum-choice": ("checksum_choice", "str"), "timeout": ("timeout", "int"),
+    "bwlimit": ("bwlimit", "bwlimit"), "safe-links": ("safe_links", "flag"),
+    "copy-unsafe-links": ("copy_unsafe_links", "flag"), "specials": ("specials", "flag"),
+    "no-specials": ("specials", "noflag"), "log-format": ("log_format", "str"),
+    "out-format": ("log_format", "str"), "msgs2stderr": (None, "flag"),
+    "no-msgs2stderr": (None, "flag"), "modify-window": ("modify_window", "int"),
+    "checksum-seed": ("checksum_seed", "int"), "ignore-errors": ("ignore_errors", "flag"),
+    "use-qsort": (None, "flag"), "no-relative": ("relative", "noflag"),
+    "no-implied-dirs": ("implied_dirs", "noflag"), "list-only": ("list_only", "flag"),
+    "no-r": ("recurse", "noflag"), "no-W": ("whole_file", "noflag"),
+    "no-whole-file": ("whole_file", "noflag"), "open-noatime": ("open_noatime", "flag"),
+    "max-alloc": ("max_alloc", "str"), "size-only": ("size_only", "flag"),
+    "delete": ("delete", "flag"), "delete-before": ("delete_mode", "before"),
+    "delete-during": ("delete_mode", "during"), "delete-delay": ("delete_mode", "delay"),
+    "delete-after": ("delete_mode", "after"), "delete-excluded": ("delete_excluded", "flag"),
+    "force": ("force", "flag"), "max-delete": ("max_delete", "int"),
+    "existing": ("existing", "flag"), "ignore-existing": ("ignore_existing", "flag"),
+    "min-size": ("min_size", "str"), "max-size": ("max_size", "str"),
+    "stats": ("stats", "flag"), "partial": ("partial", "flag"),
+    "partial-dir": ("partial_dir", "str"), "delay-updates": ("delay_updates", "flag"),
+    "super": ("super", "flag"), "block-size": ("block_size", "int"),
+    "protocol": ("protocol", "int"),
+}
+
+
+
+def refusal_message(refused):
+    return "%s: option not supported by this server" % ", ".join(refused)
+
+
+def parse_server_args(argv, opts=None):
+    """Parses the argv that an rsync client sends to its server. Returns
+    (options, paths); paths keep the leading "." argument. Options we do not
+    implement are collected in `options.refused` (parsing goes on, so the
+    compat letters of `-e` are still known when the refusal is reported)."""
+    opts = opts or Options()
+    opts.refused = []
+    paths = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        i += 1
+        if paths or not a.startswith("-") or a == "-":
+            paths.append(a)
+            continue
+        if a == "--":
+            paths.extend(argv[i:])
+            break
+        if a.startswith("--"):
+            name, eq, value = a[2:].partition("=")
+            if name not in SERVER_LONG:
+                opts.refused.append("--" + name)
+                continue
+            attr, kind = SERVER_LONG[name]
+            if kind in ("int", "str", "bwlimit") and not eq:
+                if i >= len(argv):
+                    raise RsyncError("option --%s requires an argument" % name, RERR_SYNTAX)
+                value = argv[i]
+                i += 1
+            if attr is None:
+                continue
+            if kind == "flag":
+                setattr(opts, attr, True)
+            elif kind == "noflag":
+                setattr(opts, attr, False)
+            elif kind == "int":
+                try:
+                    setattr(opts, attr, int(value))
+                except ValueError:
+                    raise RsyncError("invalid number for --%s: %s" % (name, value), RERR_SYNTAX) from None
+            elif kind == "bwlimit":
+                opts.bwlimit = parse_size(value, "K")
+            elif kind == "str":
+                setattr(opts, attr, value)
+            else:
+                setattr(opts, attr, kind)
+            if name.startswith("delete"):
+                opts.delete = True
+            continue
+        letters = a[1:]
+        j = 0
+        while j < len(letters):
+            c = letters[j]
+            j += 1
+            if c == "e":
+                opts.client_info = letters[j:]
+                break
+            if c == "B":
+                rest = letters[j:] or (argv[i] if i < len(argv) else "")
+                if not letters[j:]:
+                    i += 1
+                try:
+                    opts.block_size = int(rest)
+                except ValueError:
+                    raise RsyncError("invalid block size: %s" % rest, RERR_SYNTAX) from None
+                break
+            if c in UNSUPPORTED_LETTERS:
+                opts.refused.append("-%s (%s)" % (c, UNSUPPORTED_LETTERS[c]))
+                continue
+            if c not in SERVER_LETTERS:
+                opts.refused.append("-" + c)
+                continue
+            attr, value = SERVER_LETTERS[c]
+            if value is None:
+                setattr(opts, attr, getattr(opts, attr) + 1)
+            else:
+                setattr(opts, attr, value)
+            if c == "D":
+                opts.specials = True
+    return opts, paths
+
+
+def parse_size(text, default_suffix=""):
+    """rsync's size arguments: 10, 10k, 1.5M, 2G (K = 1024; KB = 1000)."""
+    t = text.strip()
+    mult = 1
+    units = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+    num = t.rstrip("bBkKmMgGtTpPiI+-1")
+    suffix = t[len(num):] if num else ""
+    if not num:
+        num, suffix = t, ""
+    s = suffix.lower().rstrip("+-1") if suffix else default_suffix.lower()
+    if s:
+        base = 1000 if s.endswith("b") and len(s) == 2 else 1024
+        letter = s[0]
+        if letter not in units:
+            raise RsyncError("invalid size: %s" % text, RERR_SYNTAX)
+        mult = base ** "bkmgtp".index(letter)
+    try:
+        return int(float(num) * mult)
+    except ValueError:
+        raise RsyncError("invalid size: %s" % text, RERR_SYNTAX) from None
+
+
+# ----------------------------------------------------------------------------
+# The session: version exchange, compat flags, negotiation, the seed, and
+# the multiplexed message channel (compat.c setup_protocol, io.c).
+
+
+class Stats:
+    def __init__(self):
+        self.total_read = 0
+        self.total_written = 0
+        self.total_size = 0
+        self.flist_buildtime = 0
+        self.flist_xfertime = 0
+        self.num_files = 0
+        self.num_dirs = 0
+        self.num_symlinks = 0
+        self.num_devices = 0
+        self.num_specials = 0
+        self.created_files = 0
+        self.deleted_files = 0
+        self.xferred_files = 0
+        self.total_transferred_size = 0
+        self.literal_data = 0
+        self.matched_data = 0
+        self.flist_size = 0
+
+
+class Session:
+    """One rsync conversation over a transport, in one role.
+
+    Owns the wire streams and the state that the protocol version decides:
+    `protocol`, `compat_flags`, `xfer_flags_as_varint`, `checksum_seed`,
+    `proper_seed_order`, `use_safe_flist`, `id0_names`. `on_text(tag, text)`
+    receives MSG_INFO/ERROR/WARNING/LOG text from the peer."""
+
+    def __init__(self, transport, opts, am_server, am_sender, on_text=None, log=None, raw=None):
+        self.transport = transport
+        self.opts = opts
+        self.am_server = am_server
+        self.am_sender = am_sender
+        self.out = Out(transport)
+        self.raw = raw or RawIn(transport)
+        self.raw.before_block = self.out.flush
+        self.inp = In(self.raw)
+        self.protocol = PROTOCOL_VERSION
+        self.remote_protocol = 0
+        self.compat_flags = 0
+        self.xfer_flags_as_varint = False
+        self.proper_seed_order = False
+        self.use_safe_flist = False
+        self.id0_names = False
+        self.checksum_seed = 0
+        self.checksums = None
+        self.io_error = 0
+        self.remote_io_error = 0
+        self.stats = Stats()
+        self.on_text = on_text
+        self.log = log or (lambda msg: None)
+        self.peer_exit = None
+        self.mux_in = False
+
+    # -- the version exchange and setup
+
+    def set_protocol(self, protocol):
+        self.protocol = protocol
+        self.out.protocol = protocol
+        self.inp.protocol = protocol
+
+    def exchange_versions(self, ours=PROTOCOL_VERSION):
+        """The remote-shell start: both sides write their version as int32."""
+        self.out.int32(min(ours, PROTOCOL_VERSION))
+        self.out.flush()
+        remote = self.inp.int32()
+        self.remote_protocol = remote
+        if remote < 20 or remote > 40:
+            raise RsyncError("protocol version mismatch -- is your shell clean?\n"
+                             "(see the rsync manpage for an explanation)", RERR_PROTOCOL)
+        self.set_protocol(min(ours, remote))
+
+    def setup_protocol(self):
+        """compat flags (>= 30), checksum negotiation, the checksum seed."""
+        p, opts = self.protocol, self.opts
+        if p < MIN_PROTOCOL_VERSION:
+            raise RsyncError("protocol version %d is older than %d, which this program needs"
+                             % (p, MIN_PROTOCOL_VERSION), RERR_PROTOCOL)
+        do_negotiation = False
+        if p >= 30:
+            if self.am_server:
+                info = opts.client_info
+                cf = CF_SYMLINK_TIMES if hasattr(os, "utime") else 0
+                for letter, bit in (("f", CF_SAFE_FLIST), ("x", CF_AVOID_XATTR_OPTIM),
+                                    ("C", CF_CHKSUM_SEED_FIX), ("I", CF_INPLACE_PARTIAL_DIR),
+                                    ("u", CF_ID0_NAMES), ("v", CF_VARINT_FLIST_FLAGS)):
+                    if letter in info:
+                        cf |= bit
+                self.compat_flags = cf
+                self.out.varint(cf)
+            else:
+                self.compat_flags = self.inp.varint()
+                if self.compat_flags & CF_INC_RECURSE:
+                    raise RsyncError("the server chose incremental recursion, which we did not offer",
+                                     RERR_PROTOCOL)
+            cf = self.compat_flags
+            do_negotiation = bool(cf & CF_VARINT_FLIST_FLAGS)
+            self.xfer_flags_as_varint = do_negotiation
+            self.proper_seed_order = bool(cf & CF_CHKSUM_SEED_FIX)
+            self.id0_names = bool(cf & CF_ID0_NAMES)
+            self.use_safe_flist = bool(cf & CF_SAFE_FLIST) or p >= 31
+        ours = available_checksums()
+        if opts.checksum_choice:
+            xfer, _, filesum = opts.checksum_choice.partition(",")
+            xfer = CHECKSUM_ALIASES.get(xfer, xfer)
+            filesum = CHECKSUM_ALIASES.get(filesum, filesum) if filesum else xfer
+            for n in (xfer, filesum):
+                if n == "auto":
+                    continue
+                if n not in ours:
+                    raise RsyncError("unknown checksum name: %s" % n, RERR_UNSUPPORTED)
+            default = "md5" if p >= 30 else "md4"
+            xfer = default if xfer == "auto" else xfer
+            filesum = default if filesum == "auto" else filesum
+        elif do_negotiation:
+            self.out.vstring(" ".join(ours).encode())
+            self.out.flush()
+            theirs = self.inp.vstring(1024).decode("ascii", "replace")
+            xfer = negotiate_pick(ours, theirs)
+            if xfer is None:
+                raise RsyncError("Failed to negotiate a checksum choice.\n%s list: %s\n%s list: %s"
+                                 % ("Client" if self.am_server else "Server", theirs,
+                                    "Server" if self.am_server else "Client", " ".join(ours)),
+                                 RERR_UNSUPPORTED)
+            filesum = xfer
+        else:
+            xfer = filesum = "md5" if p >= 30 else "md4"
+        implied = not do_negotiation and (not opts.checksum_choice or opts.checksum_choice.startswith("auto"))
+        legacy_md4 = p < 30 and implied
+        md5_seed_first = not (implied and not self.proper_seed_order)
+        if self.am_server:
+            seed = opts.checksum_seed or ((int(time.time()) ^ (os.getpid() << 6)) & 0x7FFFFFFF)
+            self.out.int32(seed)
+        else:
+            self.out.flush()
+            seed = self.inp.int32()
+        self.checksum_seed = seed
+        self.checksums = Checksums(xfer, filesum, seed, md5_seed_first, p, legacy_md4)
+
+    def start_mux_out(self):
+        self.out.flush()
+        self.out.multiplexed = True
+
+    def start_mux_in(self):
+        self.inp.src = Demux(self.raw, self._on_message)
+        self.mux_in = True
+
+    # -- messages
+
+    def _on_message(self, tag, payload):
+        if tag in (MSG_INFO, MSG_ERROR, MSG_WARNING, MSG_ERROR_XFER, MSG_LOG, MSG_CLIENT,
+                   MSG_ERROR_SOCKET, MSG_ERROR_UTF8):
+            if self.on_text:
+                self.on_text(tag, payload)
+            if tag in (MSG_ERROR_XFER,):
+                self.remote_io_error |= IOERR_GENERAL
+            return
+        if tag == MSG_NOOP:
+            return
+        if tag == MSG_IO_ERROR and len(payload) == 4:
+            self.remote_io_error |= struct.unpack("<i", payload)[0]
+            return
+        if tag == MSG_IO_TIMEOUT and len(payload) == 4:
+            return
+        if tag == MSG_ERROR_EXIT:
+            code = struct.unpack("<i", payload)[0] if len(payload) == 4 else 0
+            self.peer_exit = code
+            raise RemoteExit("the peer exited with code %d" % code, code or RERR_PARTIAL)
+        if tag == MSG_NO_SEND and len(payload) == 4:
+            self.on_no_send(struct.unpack("<i", payload)[0])
+            return
+        if tag == MSG_DELETED:
+            return
+        if tag == MSG_STATS:
+            return
+        raise ProtocolError("unexpected tag %d from the peer" % tag)
+
+    def on_no_send(self, ndx):
+        pass
+
+    def send_text(self, tag, text):
+        """rprintf to the peer: INFO, ERROR, WARNING (the last two need 30)."""
+        if isinstance(text, str):
+            text = text.encode("utf-8", "surrogateescape")
+        if not text.endswith(b"\n"):
+            text += b"\n"
+        if self.protocol < 30:
+            if tag == MSG_ERROR:
+                tag = MSG_ERROR_XFER
+            elif tag == MSG_WARNING:
+                tag = MSG_INFO
+        if self.out.multiplexed:
+            self.out.msg(tag, text)
+
+    def send_io_error(self):
+        if self.protocol >= 30:
+            self.out.msg(MSG_IO_ERROR, struct.pack("<i", self.io_error))
+
+    def fatal(self, err):
+        """Reports a fatal error to the peer as rsync does, then says goodbye."""
+        code = err.code if isinstance(err, RsyncError) else RERR_STREAMIO
+        try:
+            if self.out.multiplexed:
+                self.send_text(MSG_ERROR, "rsync: %s" % err)
+                self.send_text(MSG_ERROR, "rsync error: %s (code %d) at %s [%s=%s]" % (
+                    RERR_NAMES.get(code, "unexplained error"), code, "gokr-rsync",
+                    "sender" if self.am_sender else "receiver", VERSION))
+                if self.protocol >= 31 and code not in (RERR_SOCKETIO, RERR_STREAMIO, RERR_TIMEOUT):
+                    self.out.msg(MSG_ERROR_EXIT, struct.pack("<i", code))
+                self.out.flush()
+        except (RsyncError, OSError):
+            pass
+        return code
+
+    # -- index and attributes (rsync.c read_ndx_and_attrs)
+
+    def read_ndx_and_attrs(self, nfiles):
+        """The next request: (ndx, iflags, basis_type, xname); negatives pass
+        through. NDX_DEL_STATS is consumed (and returned as a tuple)."""
+        inp = self.inp
+        while True:
+            ndx = inp.ndx()
+            if ndx == NDX_DONE:
+                return ndx, 0, FNAMECMP_FNAME, None
+            if ndx == NDX_DEL_STATS:
+                return ndx, [inp.varint() for _ in range(5)], None, None
+            if ndx < 0:
+                raise ProtocolError("Invalid file index: %d (%d - %d)" % (ndx, NDX_DONE, nfiles - 1),
+                                    RERR_PROTOCOL)
+            if self.protocol >= 29:
+                iflags = inp.shortint()
+            else:
+                iflags = ITEM_TRANSFER
+            if self.protocol < 30 and ndx == nfiles and iflags == ITEM_IS_NEW:
+                continue
+            if ndx >= nfiles:
+                raise ProtocolError("Invalid file index: %d (%d - %d)" % (ndx, NDX_DONE, nfiles - 1),
+                                    RERR_PROTOCOL)
+            basis = inp.byte() if iflags & ITEM_BASIS_TYPE_FOLLOWS else FNAMECMP_FNAME
+            xname = inp.vstring() if iflags & ITEM_XNAME_FOLLOWS else None
+            return ndx, iflags, basis, xname
+
+    def write_ndx_and_attrs(self, ndx, iflags, basis=FNAMECMP_FNAME, xname=None):
+        out = self.out
+        out.ndx(ndx)
+        if self.protocol >= 29:
+            out.shortint(iflags)
+            if iflags & ITEM_BASIS_TYPE_FOLLOWS:
+                out.byte(basis)
+            if iflags & ITEM_XNAME_FOLLOWS:
+                out.vstring(xname or b"")
+
+    # -- sum headers (match.c / sender.c receive_sums, generator.c write_sum_head)
+
+    def read_sum_head(self):
+        """(count, blength, s2length, remainder), each checked as rsync does
+        before anything is allocated."""
+        inp, p = self.inp, self.protocol
+        count = inp.int32()
+        blength = inp.int32()
+        s2length = inp.int32() if p >= 27 else 2
+        remainder = inp.int32()
+        max_blength = MAX_BLOCK_SIZE if p >= 30 else OLD_MAX_BLOCK_SIZE
+        if count < 0:
+            raise ProtocolError("Invalid checksum count %d" % count)
+        if blength < 0 or blength > max_blength:
+            raise ProtocolError("Invalid block length %d" % blength)
+        if s2length < 0 or s2length > self.checksums.xfer_len:
+            raise ProtocolError("Invalid checksum length %d" % s2length)
+        if remainder < 0 or remainder > blength:
+            raise ProtocolError("Invalid remainder length %d" % remainder)
+        if count > 0 and blength == 0:
+            raise ProtocolError("Invalid block length 0 with %d blocks" % count)
+        if count > (1 << 31) // max(blength, 1) + 1 and count * (4 + s2length) > (1 << 30):
+            raise ProtocolError("checksum count %d is too large" % count, RERR_MALLOC)
+        return count, blength, s2length, remainder
+
+    def write_sum_head(self, count, blength, s2length, remainder):
+        out = self.out
+        out.int32(count)
+        out.int32(blength)
+        if self.protocol >= 27:
+            out.int32(s2length)
+        out.int32(remainder)
+
+    def read_sums(self, count, s2length):
+        """The block sums: count × (int32 sum1 + s2length bytes), read in slices."""
+        import array
+        sum1s = array.array("I")
+        sum2s = []
+        rec = 4 + s2length
+        per = max(1, (1 << 20) // rec)
+        left = count
+        while left:
+            n = min(left, per)
+            data = self.inp.read(n * rec)
+            if s2length:
+                mv = memoryview(data)
+                sum1s.extend(struct.unpack("<%dI" % n, b"".join(bytes(mv[k:k + 4]) for k in range(0, n * rec, rec))))
+                sum2s.extend(bytes(mv[k + 4:k + rec]) for k in range(0, n * rec, rec))
+            else:
+                sum1s.extend(struct.unpack("<%dI" % n, data))
+                sum2s.extend([b""] * n)
+            left -= n
+        return sum1s, sum2s
+
+
+# ----------------------------------------------------------------------------
+# The sender's view of the file system: everything is opened relative to a
+# directory descriptor, one component at a time, never following a symlink,
+# so a path checked once cannot be swapped for a link before it is used.
+
+O_DIR = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
+O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+O_NOATIME = getattr(os, "O_NOATIME", 0)
+
+
+def split_path(path):
+    """Components of a relative path, without empty and "." parts; ".." is refused."""
+    parts = [p for p in path.split(b"/") if p and p != b"."]
+    if b".." in parts:
+        raise RsyncError("path contains '..': %s" % _show(path), RERR_FILESELECT)
+    return parts
+
+
+def open_dir_beneath(dirfd, parts):
+    """Opens a directory below dirfd, refusing to follow any symlink."""
+    fd = os.dup(dirfd)
+    try:
+        for part in parts:
+            nfd = os.open(part, O_DIR | O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class DirCache:
+    """Keeps the last directory opened below a root, since files come in
+    directory order."""
+
+    def __init__(self, rootfd):
+        self.rootfd = rootfd
+        self.parts = None
+        self.fd = -1
+
+    def get(self, parts):
+        if parts != self.parts:
+            self.close()
+            self.fd = open_dir_beneath(self.rootfd, parts)
+            self.parts = parts
+        return self.fd
+
+    def close(self):
+        if self.fd >= 0:
+            os.close(self.fd)
+        self.fd = -1
+        self.parts = None
+
+
+class Base:
+    """A directory the sender sends from (the part of an argument before its
+    last component), held open by descriptor."""
+
+    def __init__(self, fd, shown):
+        self.fd = fd
+        self.shown = shown
+        self.dirs = DirCache(fd)
+
+    def open_file(self, rel, noatime=False):
+        parts = rel.split(b"/")
+        dfd = self.dirs.get(parts[:-1])
+        flags = os.O_RDONLY | O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0) | os.O_NONBLOCK
+        if noatime and O_NOATIME:
+            try:
+                return os.open(parts[-1], flags | O_NOATIME, dir_fd=dfd)
+            except PermissionError:
+                pass
+        return os.open(parts[-1], flags, dir_fd=dfd)
+
+    def close(self):
+        self.dirs.close()
+        os.close(self.fd)
+
+
+def _errtext(e):
+    return "%s (%d)" % (os.strerror(e.errno), e.errno) if getattr(e, "errno", None) else str(e)
+
+
+class FileListBuilder:
+    """send_file_list: turns the sender's arguments into sorted entries.
+
+    `root` is the directory the arguments are relative to (a module, or the
+    current directory over a remote shell); `confined` refuses symlinks in the
+    arguments' own paths, as a daemon must. Errors on single files are
+    reported through `warn(tag, text)` and set `io_error`, and the rest of the
+    tree is still listed."""
+
+    def __init__(self, opts, protocol, rootfd, confined, filters=None, warn=None,
+                 file_checksum=None, root_shown=""):
+        self.opts = opts
+        self.protocol = protocol
+        self.rootfd = rootfd
+        self.confined = confined
+        self.filters = filters
+        self.warn = warn or (lambda tag, text: None)
+        self.file_checksum = file_checksum
+        self.root_shown = root_shown
+        self.entries = []
+        self.bases = []
+        self.io_error = 0
+        self.users = {}
+        self.groups = {}
+        self.filesystem_dev = None
+
+    def _excluded(self, name, is_dir):
+        return self.filters is not None and self.filters.excluded(name, is_dir)
+
+    def add_arg(self, arg):
+        """One argument, with rsync's trailing-slash and "." semantics."""
+        if isinstance(arg, str):
+            arg = os.fsencode(arg)
+        if arg.startswith(b"/") and self.confined:
+            arg = arg.lstrip(b"/")
+        if not arg or arg.endswith(b"/"):
+            dotdir = True
+            head, fn = arg.rstrip(b"/"), b"."
+        else:
+            head, _, fn = arg.rpartition(b"/")
+            if fn == b"..":
+                raise RsyncError("path contains '..': %s" % _show(arg), RERR_FILESELECT)
+            dotdir = fn == b"."
+        absolute = arg.startswith(b"/")
+        try:
+            if self.confined:
+                fd = open_dir_beneath(self.rootfd, split_path(head))
+            else:
+                path = head if head or not absolute else b"/"
+                fd = os.open(path or b".", O_DIR, dir_fd=self.rootfd if not absolute else None)
+        except OSError as e:
+            self.io_error |= IOERR_GENERAL
+            self.warn(MSG_ERROR_XFER, 'rsync: [sender] change_dir "%s" failed: %s'
+                      % (_show(self._shown(head)), _errtext(e)))
+            return
+        base = Base(fd, self._shown(head))
+        self.bases.append(base)
+        try:
+            st = os.stat(fn, dir_fd=fd, follow_symlinks=dotdir or self.opts.copy_links)
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                self.io_error |= IOERR_GENERAL
+            self.warn(MSG_ERROR_XFER, 'rsync: [sender] link_stat "%s" failed: %s'
+                      % (_show(self._shown(head + b"/" + fn if head else fn)), _errtext(e)))
+            return
+        name = fn
+        if not dotdir and self._excluded(name, stat.S_ISDIR(st.st_mode)):
+            return
+        if stat.S_ISDIR(st.st_mode) and not (self.opts.recurse or self.opts.dirs):
+            self.warn(MSG_INFO, "skipping directory %s" % _show(name))
+            return
+        if self.opts.one_file_system:
+            self.filesystem_dev = st.st_dev
+        if self.opts.recurse or (self.opts.dirs and dotdir):
+            flags = FLAG_TOP_DIR | FLAG_CONTENT_DIR
+        else:
+            flags = 0
+        e = self._make(name, st, base, name if name != b"." else b"", fd, fn, flags)
+        if e is None:
+            return
+        if stat.S_ISDIR(st.st_mode) and (self.opts.recurse or (self.opts.dirs and dotdir)):
+            try:
+                dfd = os.open(fn, O_DIR | (0 if dotdir else O_NOFOLLOW), dir_fd=fd)
+            except OSError as err:
+                self.io_error |= IOERR_GENERAL
+                self.warn(MSG_ERROR_XFER, 'rsync: [sender] opendir "%s" failed: %s'
+                          % (_show(self._shown(name)), _errtext(err)))
+                return
+            self._walk(dfd, base, b"" if name == b"." else name)
+
+    def _shown(self, path):
+        if self.root_shown:
+            return os.fsencode(self.root_shown).rstrip(b"/") + b"/" + path if path else os.fsencode(self.root_shown)
+        return path
+
+    def _make(self, name, st, base, rel, dirfd, leaf, flags):
+        """make_file: an entry from a stat result, or None if it is skipped."""
+        opts = self.opts
+        mode = st.st_mode
+        e = FileEntry(name, mode, st.st_size, st.st_mtime_ns // 1_000_000_000,
+                      st.st_mtime_ns % 1_000_000_000)
+        e.flags = flags if stat.S_ISDIR(mode) else flags & ~FLAG_CONTENT_DIR
+        e.uid, e.gid = st.st_uid, st.st_gid
+        if opts.owner and not opts.numeric_ids:
+            u = self.users.get(st.st_uid, 0)
+            if u == 0:
+                u = self.users[st.st_uid] = _user_name(st.st_uid)
+            e.user = u
+        if opts.group and not opts.numeric_ids:
+            g = self.groups.get(st.st_gid, 0)
+            if g == 0:
+                g = self.groups[st.st_gid] = _group_name(st.st_gid)
+            e.group = g
+        if stat.S_ISLNK(mode):
+            try:
+                e.link = os.fsencode(os.readlink(leaf, dir_fd=dirfd))
+            except OSError as err:
+                self.io_error |= IOERR_GENERAL
+                self.warn(MSG_ERROR_XFER, 'rsync: [sender] readlink "%s" failed: %s'
+                          % (_show(self._shown(name)), _errtext(err)))
+                return None
+            if opts.links and not e.link:
+                self.io_error |= IOERR_GENERAL
+                self.warn(MSG_ERROR_XFER, "skipping symlink with 0-length value: %s" % _show(name))
+                return None
+        elif _is_device(mode):
+            e.rdev_major, e.rdev_minor = os.major(st.st_rdev), os.minor(st.st_rdev)
+            e.size = 0
+        elif _is_special(mode):
+            e.size = 0
+        if opts.hard_links and (not stat.S_ISDIR(mode) and st.st_nlink > 1 if self.protocol >= 28
+                                else stat.S_ISREG(mode)):
+            e.hl_dev, e.hl_ino = st.st_dev, st.st_ino
+        e.src = (base, rel or leaf)
+        if opts.checksum and stat.S_ISREG(mode) and self.file_checksum:
+            try:
+                fd = base.open_file(e.src[1])
+                try:
+                    e.sum = self.file_checksum(fd, st.st_size)
+                finally:
+                    os.close(fd)
+            except OSError:
+                e.sum = None
+        self.entries.append(e)
+        return e
+
+    def _walk(self, dfd, base, prefix):
+        """send_directory, depth first: lists dfd (which it closes) and recurses."""
+        opts = self.opts
+        stack = [(dfd, prefix)]
+        while stack:
+            dfd, prefix = stack.pop()
+            try:
+                subdirs = []
+                try:
+                    it = list(os.scandir(dfd))
+                except OSError as err:
+                    self.io_error |= IOERR_GENERAL
+                    self.warn(MSG_ERROR_XFER, 'rsync: [sender] opendir "%s" failed: %s'
+                              % (_show(self._shown(prefix)), _errtext(err)))
+                    continue
+                for de in it:
+                    leaf = os.fsencode(de.name)
+                    name = prefix + b"/" + leaf if prefix else leaf
+                    if len(name) >= MAX_PATH:
+                        self.io_error |= IOERR_GENERAL
+                        self.warn(MSG_ERROR_XFER, "filename overflows max-path len: %s" % _show(name))
+                        continue
+                    try:
+                        st = os.stat(leaf, dir_fd=dfd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        self.io_error |= IOERR_VANISHED
+                        self.warn(MSG_WARNING, "file has vanished: %s" % _show(self._shown(name)))
+                        continue
+                    except OSError as err:
+                        self.io_error |= IOERR_GENERAL
+                        self.warn(MSG_ERROR_XFER, 'rsync: [sender] readlink_stat("%s") failed: %s'
+                                  % (_show(self._shown(name)), _errtext(err)))
+                        continue
+                    is_dir = stat.S_ISDIR(st.st_mode)
+                    flags = FLAG_CONTENT_DIR if opts.recurse else 0
+                    if is_dir:
+                        if not (opts.recurse or opts.dirs):
+                            continue
+                        if opts.one_file_system and st.st_dev != self.filesystem_dev:
+                            if opts.one_file_system > 1:
+                                continue
+                            flags = FLAG_MOUNT_DIR
+                    if self._excluded(name, is_dir):
+                        continue
+                    e = self._make(name, st, base, name, dfd, leaf, flags)
+                    if e is not None and is_dir and opts.recurse and not flags & FLAG_MOUNT_DIR:
+                        subdirs.append((leaf, name))
+                for leaf, name in reversed(subdirs):
+                    try:
+                        sfd = os.open(leaf, O_DIR | O_NOFOLLOW, dir_fd=dfd)
+                    except FileNotFoundError:
+                        self.io_error |= IOERR_VANISHED
+                        self.warn(MSG_WARNING, "file has vanished: %s" % _show(self._shown(name)))
+                        continue
+                    except OSError as err:
+                        self.io_error |= IOERR_GENERAL
+                        self.warn(MSG_ERROR_XFER, 'rsync: [sender] opendir "%s" failed: %s'
+                                  % (_show(self._shown(name)), _errtext(err)))
+                        continue
+                    stack.append((sfd, name))
+            finally:
+                os.close(dfd)
+
+    def finish(self):
+        """Sorts the list as the receiver will; indexes refer to this order."""
+        sort_file_list(self.entries, self.protocol)
+        return self.entries
+
+    def close(self):
+        for b in self.bases:
+            b.close()
+        self.bases = []
+
+
+# ----------------------------------------------------------------------------
+# The sender (sender.c, match.c): answers each request of the receiver's
+# generator with the file's data, as literal runs and copies of the
+# receiver's own blocks, followed by the whole-file checksum.
+
+
+class Sender:
+    """Runs the sending side of a session over a sorted file list."""
+
+    BATCH = 1 << 20
+
+    def __init__(self, sess, entries, warn):
+        self.sess = sess
+        self.entries = entries
+        self.warn = warn
+        self.inplace = sess.opts.inplace
+
+    def send_file_list(self, builder_io_error, build_ms):
+        """The list, its end marker with the io_error, the id lists."""
+        sess, opts = self.sess, self.sess.opts
+        t0 = time.monotonic()
+        start = sess.out.total + len(sess.out.buf)
+        enc = FlistEncoder(sess.out, opts, sess.protocol, sess.xfer_flags_as_varint,
+                           sess.checksums.file_len)
+        st = sess.stats
+        for ndx, e in enumerate(self.entries):
+            enc.send(e, ndx)
+            if e.is_dir():
+                st.num_dirs += 1
+            elif e.is_link():
+                st.num_symlinks += 1
+            elif _is_device(e.mode):
+                st.num_devices += 1
+            elif _is_special(e.mode):
+                st.num_specials += 1
+            else:
+                st.num_files += 1
+        io_error = 0 if opts.ignore_errors else builder_io_error
+        sess.io_error |= io_error
+        enc.end(io_error, sess.use_safe_flist)
+        if not opts.numeric_ids:
+            enc.send_id_lists(sess.id0_names)
+        if sess.protocol < 30:
+            sess.out.int32(io_error)
+        elif not sess.use_safe_flist and io_error:
+            sess.send_io_error()
+        sess.out.flush()
+        st.total_size = enc.total_size
+        st.flist_buildtime = max(build_ms, 1)
+        st.flist_xfertime = int((time.monotonic() - t0) * 1000)
+        st.flist_size = sess.out.total - start
+
+    def send_files(self):
+        """The request loop: phase 0 (files), 1 (redo), and from 29 phase 2."""
+        sess = self.sess
+        p = sess.protocol
+        phase = 0
+        max_phase = 2 if p >= 29 else 1
+        n = len(self.entries)
+        save_io_error = sess.io_error
+        while True:
+            ndx, iflags, basis, xname = sess.read_ndx_and_attrs(n)
+            if ndx == NDX_DONE:
+                phase += 1
+                if phase > max_phase:
+                    break
+                sess.out.ndx(NDX_DONE)
+                continue
+            if ndx == NDX_DEL_STATS:
+                sess.out.ndx(NDX_DEL_STATS)
+                for v in iflags:
+                    sess.out.varint(v)
+                continue
+            e = self.entries[ndx]
+            if not iflags & ITEM_TRANSFER:
+                sess.write_ndx_and_attrs(ndx, iflags, basis, xname)
+                if iflags & ITEM_IS_NEW:
+                    sess.stats.created_files += 1
+                continue
+            if not e.is_reg():
+                raise ProtocolError("received request to transfer non-regular file: %d" % ndx,
+                                    RERR_PROTOCOL)
+            if phase == 2:
+                raise ProtocolError("got transfer request in phase 2", RERR_PROTOCOL)
+            sess.stats.xferred_files += 1
+            sess.stats.total_transferred_size += e.size
+            if sess.opts.dry_run:
+                sess.write_ndx_and_attrs(ndx, iflags, basis, xname)
+                continue
+            count, blength, s2length, remainder = sess.read_sum_head()
+            sum1s, sum2s = sess.read_sums(count, s2length) if count else (None, None)
+            updating_basis = self.inplace and (basis == FNAMECMP_FNAME if p >= 29 else True)
+            self.send_one(e, ndx, iflags, basis, xname, (count, blength, s2length, remainder),
+                          sum1s, sum2s, updating_basis)
+        if sess.io_error != save_io_error and p >= 30:
+            sess.send_io_error()
+        sess.out.ndx(NDX_DONE)
+        sess.out.flush()
+
+    def send_one(self, e, ndx, iflags, basis, xname, head, sum1s, sum2s, updating_basis):
+        sess = self.sess
+        base, rel = e.src
+        try:
+            fd = base.open_file(rel, sess.opts.open_noatime)
+        except OSError as err:
+            if err.errno == errno.ENOENT:
+                sess.io_error |= IOERR_VANISHED
+                self.warn(MSG_WARNING, "file has vanished: %s" % _show(e.name))
+            else:
+                sess.io_error |= IOERR_GENERAL
+                self.warn(MSG_ERROR_XFER, 'rsync: [sender] send_files failed to open "%s": %s'
+                          % (_show(e.name), _errtext(err)))
+            if sess.protocol >= 30:
+                sess.out.msg(MSG_NO_SEND, struct.pack("<i", ndx))
+            return
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                sess.io_error |= IOERR_GENERAL
+                self.warn(MSG_ERROR_XFER, "rsync: [sender] %s is no longer a regular file" % _show(e.name))
+                if sess.protocol >= 30:
+                    sess.out.msg(MSG_NO_SEND, struct.pack("<i", ndx))
+                return
+            os.set_blocking(fd, True)
+            sess.write_ndx_and_attrs(ndx, iflags, basis, xname)
+            sess.write_sum_head(*head)
+            count = head[0]
+            if count == 0 or st.st_size == 0:
+                short = self._send_whole(fd, st.st_size)
+            else:
+                short = self._send_delta(fd, st.st_size, head, sum1s, sum2s, updating_basis)
+            if short:
+                sess.io_error |= IOERR_GENERAL
+                self.warn(MSG_ERROR_XFER, 'rsync: [sender] read errors mapping "%s": %s'
+                          % (_show(e.name), short))
+            e.sent = True
+        finally:
+            os.close(fd)
+
+    def _send_whole(self, fd, size):
+        """All literal: the file read in large slices, cut into 32 KiB tokens.
+        A file that shrank while read is padded with zeros, as rsync does."""
+        sess = self.sess
+        h = sess.checksums.file_hasher()
+        buf = bytearray(self.BATCH)
+        mv = memoryview(buf)
+        left = size
+        short = None
+        while left > 0:
+            want = min(left, len(buf))
+            got = 0
+            while got < want:
+                n = os.readv(fd, [mv[got:want]])
+                if n <= 0:
+                    short = "file shrank while being sent"
+                    mv[got:want] = bytes(want - got)
+                    got = want
+                    break
+                got += n
+            chunk = mv[:want]
+            h.update(chunk)
+            self._write_literals(chunk)
+            sess.stats.literal_data += want
+            left -= want
+        sess.out.int32(0)
+        sess.out.write(h.digest())
+        return short
+
+    def _write_literals(self, chunk):
+        """Literal tokens (int32 length + data, at most CHUNK_SIZE each) for a
+        whole slice, written with one system call."""
+        out = self.sess.out
+        parts = []
+        for i in range(0, len(chunk), CHUNK_SIZE):
+            piece = chunk[i:i + CHUNK_SIZE]
+            parts.append(struct.pack("<i", len(piece)))
+            parts.append(piece)
+        out.write_parts(parts)
+
+    def _send_delta(self, fd, size, head, sum1s, sum2s, updating_basis):
+        import mmap
+        import rsync_delta
+        sess = self.sess
+        count, blength, s2length, remainder = head
+        table = rsync_delta.BlockTable(sum1s, sum2s, blength, remainder, s2length)
+        h = sess.checksums.file_hasher()
+        strong = sess.checksums.strong
+        mm = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+        mv = memoryview(mm)
+        tokens = rsync_delta.match(table, mm, size, strong, updating_basis)
+        try:
+            hashed = 0
+            parts = []
+            pending = 0
+            st = sess.stats
+            for off, n, idx in tokens:
+                for i in range(off, off + n, CHUNK_SIZE):
+                    piece = mv[i:min(i + CHUNK_SIZE, off + n)]
+                    parts.append(struct.pack("<i", len(piece)))
+                    parts.append(piece)
+                pending += n
+                st.literal_data += n
+                end = off + n
+                if idx >= 0:
+                    parts.append(struct.pack("<i", -(idx + 1)))
+                    blen = remainder if (idx == count - 1 and remainder) else blength
+                    st.matched_data += blen
+                    end += blen
+                if end - hashed >= self.BATCH:
+                    h.update(mv[hashed:end])
+                    hashed = end
+                if pending >= self.BATCH or len(parts) >= 512:
+                    sess.out.write_parts(parts)
+                    parts = []
+                    pending = 0
+            if parts:
+                sess.out.write_parts(parts)
+            h.update(mv[hashed:size])
+        finally:
+            tokens.close()
+            parts = piece = None
+            mv.release()
+            mm.close()
+        sess.out.int32(0)
+        sess.out.write(h.digest())
+        return None
+
+
+def write_stats(sess):
+    """handle_stats: what a server sender tells the client at the end."""
+    st, out = sess.stats, sess.out
+    out.flush()
+    out.varlong30(sess.raw.total, 3)
+    out.varlong30(out.total, 3)
+    out.varlong30(st.total_size, 3)
+    if sess.protocol >= 29:
+        out.varlong30(st.flist_buildtime, 3)
+        out.varlong30(st.flist_xfertime, 3)
+    out.flush()
+
+
+def read_final_goodbye(sess, nfiles):
+    """The generator's last NDX_DONE; from 31 we echo it and read one more."""
+    p = sess.protocol
+    if p < 29:
+        ndx = sess.inp.int32()
+    else:
+        ndx = sess.read_ndx_and_attrs(nfiles)[0]
+        if p >= 31 and ndx == NDX_DONE:
+            sess.out.ndx(NDX_DONE)
+            sess.out.flush()
+            ndx = sess.read_ndx_and_attrs(nfiles)[0]
+    if ndx != NDX_DONE:
+        raise ProtocolError("Invalid packet at end of run (%d)" % ndx, RERR_PROTOCOL)
+
+
+# ----------------------------------------------------------------------------
+# Filter rules on the wire (exclude.c recv_filter_list).
+
+
+def recv_filter_rules(sess):
+    """The client's rules: int32 length + text each, a zero length ends them."""
+    rules = []
+    while True:
+        n = sess.inp.int32()
+        if n == 0:
+            return rules
+        if n < 0 or n >= MAX_PATH + 1024:
+            raise ProtocolError("filter rule length %d out of range" % n, RERR_PROTOCOL)
+        if len(rules) >= 100_000:
+            raise ProtocolError("too many filter rules", RERR_PROTOCOL)
+        rules.append(sess.inp.read(n))
+
+
+def send_filter_rules(sess, rules):
+    for r in rules:
+        sess.out.int32(len(r))
+        sess.out.write(r)
+    sess.out.int32(0)
+
+
+def make_filters(rules, protocol, opts, extra=None):
+    """A FilterList from wire rules (and a server's own rules), or None."""
+    if not rules and not extra and not opts.cvs_exclude:
+        return None
+    import rsync_filter
+    fl = rsync_filter.FilterList()
+    for r in extra or ():
+        fl.add(r)
+    for r in rules:
+        for rule in rsync_filter.parse_wire_rule(r, protocol):
+            fl.add(rule)
+    if opts.cvs_exclude:
+        fl.add_cvs_excludes()
+    return fl
+
+
+# ----------------------------------------------------------------------------
+# The server side of a session (main.c start_server, do_server_sender).
+
+
+def run_server(transport, argv, root, *, confined, remote_protocol=None, log=None,
+               io_timeout=0, daemon_filters=None, am_daemon=False, root_shown="", raw=None):
+    """Serves one `rsync --server ...` session on `transport` and returns the
+    exit code. `root` is the directory paths are relative to; with
+    `remote_protocol` the version came in the daemon greeting, otherwise the
+    4-byte exchange of a remote shell starts the session."""
+    log = log or (lambda msg: None)
+    opts, paths = parse_server_args(argv)
+    sess = Session(transport, opts, am_server=True, am_sender=opts.sender, log=log, raw=raw)
+    if not opts.sender:
+        opts.refused.append("receiving (this server is read-only)")
+    if opts.protocol and opts.protocol < PROTOCOL_VERSION:
+        ours = max(opts.protocol, MIN_PROTOCOL_VERSION)
+    else:
+        ours = PROTOCOL_VERSION
+    try:
+        if remote_protocol is None:
+            sess.exchange_versions(ours)
+        else:
+            sess.set_protocol(min(ours, remote_protocol))
+        sess.setup_protocol()
+        sess.start_mux_out()
+        if am_daemon and io_timeout and sess.protocol >= 31:
+            sess.out.msg(MSG_IO_TIMEOUT, struct.pack("<i", io_timeout))
+        if opts.refused:
+            raise RsyncError(refusal_message(opts.refused), RERR_UNSUPPORTED)
+        if opts.timeout and hasattr(transport, "set_timeout"):
+            transport.set_timeout(opts.timeout)
+        if sess.protocol >= 30:
+            sess.start_mux_in()
+        rules = recv_filter_rules(sess)
+        filters = make_filters(rules, sess.protocol, opts, daemon_filters)
+        return serve_sender(sess, paths, root, confined, filters, log, root_shown)
+    except RemoteExit as e:
+        return e.code
+    except ConnectionClosed as e:
+        log("connection closed: %s" % e)
+        return e.code
+    except RsyncError as e:
+        log("error: %s" % e)
+        code = sess.fatal(e)
+        _drain(transport)
+        return code
+    except Exception as e:  # a bug must not look like a clean end to the client
+        log("internal error: %r" % e)
+        code = sess.fatal(RsyncError("internal error in the server: %r" % e, RERR_STREAMIO))
+        _drain(transport)
+        return code
+
+
+def _drain(transport, seconds=2.0):
+    """noop_io_until_death: give the peer a moment to read our last words."""
+    try:
+        transport.shutdown_write()
+        deadline = time.monotonic() + seconds
+        if hasattr(transport, "set_timeout"):
+            transport.set_timeout(seconds)
+        while time.monotonic() < deadline:
+            if not transport.recv(65536):
+                break
+    except (RsyncError, OSError):
+        pass
+
+
+def serve_sender(sess, paths, root, confined, filters, log, root_shown=""):
+    """do_server_sender: the file list, the files, the stats, the goodbye."""
+    opts = sess.opts
+    if not paths:
+        raise RsyncError("do_server_sender called without args", RERR_SYNTAX)
+    cwd, args = paths[0], paths[1:]
+    if not args and (opts.recurse or opts.dirs or opts.list_only):
+        args = ["."]
+    rootfd = os.open(root, O_DIR)
+    try:
+        if cwd not in (".", ""):
+            parts = split_path(os.fsencode(cwd)) if confined else None
+            nfd = open_dir_beneath(rootfd, parts) if confined else os.open(cwd, O_DIR, dir_fd=rootfd)
+            os.close(rootfd)
+            rootfd = nfd
+
+        def warn(tag, text):
+            log(text)
+            sess.send_text(tag, text)
+
+        t0 = time.monotonic()
+        builder = FileListBuilder(opts, sess.protocol, rootfd, confined, filters, warn,
+                                  sess.checksums.file_checksum if opts.checksum else None,
+                                  root_shown)
+        try:
+            for a in args:
+                builder.add_arg(a)
+            entries = builder.finish()
+            build_ms = int((time.monotonic() - t0) * 1000)
+            sender = Sender(sess, entries, warn)
+            sender.send_file_list(builder.io_error, build_ms)
+            if not entries:
+                sess.out.flush()
+                log("sent %d bytes  received %d bytes  total size 0" % (sess.out.total, sess.raw.total))
+                return 0
+            sender.send_files()
+            write_stats(sess)
+            read_final_goodbye(sess, len(entries))
+            sess.out.flush()
+        finally:
+            builder.close()
+        log("sent %d bytes  received %d bytes  total size %d"
+            % (sess.out.total, sess.raw.total, sess.stats.total_size))
+        return 0
+    finally:
+        os.close(rootfd)
