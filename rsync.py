@@ -1545,7 +1545,8 @@ SERVER_LETTERS = {
 # Letters that stock rsync may send but that this server does not implement.
 UNSUPPORTED_LETTERS = {
     "A": "--acls", "X": "--xattrs", "U": "--atimes", "N": "--crtimes", "s": "--protect-args",
-    "z": "--compress", "b": "--backup", "y": "--fuzzy",
+    "z": "--compress", "b": "--backup", "y": "--fuzzy", "L": "--copy-links",
+    "k": "--copy-dirlinks",
 }
 
 # Long options: name -> (attribute, kind) with kind "flag", "int", "str", "noflag".
@@ -1554,7 +1555,7 @@ SERVER_LONG = {
     "numeric-ids": ("numeric_ids", "flag"), "inplace": ("inplace", "flag"),
     "checksum-choice": ("checksum_choice", "str"), "timeout": ("timeout", "int"),
     "bwlimit": ("bwlimit", "bwlimit"), "safe-links": ("safe_links", "flag"),
-    "copy-unsafe-links": ("copy_unsafe_links", "flag"), "specials": ("specials", "flag"),
+"specials": ("specials", "flag"),
     "no-specials": ("specials", "noflag"), "log-format": ("log_format", "str"),
     "out-format": ("log_format", "str"), "msgs2stderr": (None, "flag"),
     "no-msgs2stderr": (None, "flag"), "modify-window": ("modify_window", "int"),
