@@ -1,0 +1,131 @@
+"""gokr-rsyncd in-process: configuration, and files that vanish or cannot be
+read between the file list and the transfer (rsync's exit codes 24 and 23)."""
+
+import os
+import threading
+
+import pytest
+
+import daemon
+import rsync
+from conftest import run
+
+
+@pytest.fixture
+def inproc(tmp_path):
+    servers = []
+
+    def start(modules):
+        cfg = daemon.Config()
+        for name, path in modules.items():
+            cfg.add_module(daemon.Module(name, path))
+        logs = []
+        srv = daemon.DaemonServer(("127.0.0.1", 0), cfg, logs.append)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+        srv.url = "rsync://127.0.0.1:%d" % srv.server_address[1]
+        srv.logs = logs
+        return srv
+    yield start
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+def tree(tmp_path):
+    mod = tmp_path / "mod"
+    mod.mkdir()
+    for name in ("a", "vanish", "locked", "z"):
+        (mod / name).write_bytes(name.encode() * 1000)
+    return mod
+
+
+def test_vanished_file_gives_24_and_the_rest_transfers(inproc, tmp_path, rsync_bin, monkeypatch):
+    mod = tree(tmp_path)
+    srv = inproc({"m": str(mod)})
+    real_open = rsync.Base.open_file
+
+    def racing_open(self, rel, noatime=False):
+        if rel == b"vanish":
+            os.unlink(mod / "vanish")
+        return real_open(self, rel, noatime)
+    monkeypatch.setattr(rsync.Base, "open_file", racing_open)
+    dst = tmp_path / "dst"
+    p = run([rsync_bin, "-a", srv.url + "/m/", str(dst) + "/"], check=False)
+    assert p.returncode == 24, p.stderr
+    assert b"vanished" in p.stderr
+    assert sorted(os.listdir(dst)) == ["a", "locked", "z"]
+    assert (dst / "z").read_bytes() == b"z" * 1000
+
+
+def test_unreadable_file_gives_23_and_the_rest_transfers(inproc, tmp_path, rsync_bin, monkeypatch):
+    mod = tree(tmp_path)
+    srv = inproc({"m": str(mod)})
+    real_open = rsync.Base.open_file
+
+    def denied_open(self, rel, noatime=False):
+        if rel == b"locked":
+            raise PermissionError(13, "Permission denied")
+        return real_open(self, rel, noatime)
+    monkeypatch.setattr(rsync.Base, "open_file", denied_open)
+    for proto in ("--protocol=29", "--protocol=32"):
+        dst = tmp_path / ("dst" + proto[-2:])
+        p = run([rsync_bin, "-a", proto, srv.url + "/m/", str(dst) + "/"], check=False)
+        assert p.returncode == 23, p.stderr
+        assert b"Permission denied" in p.stderr
+        assert sorted(os.listdir(dst)) == ["a", "vanish", "z"]
+
+
+def test_missing_argument_gives_23(inproc, tmp_path, rsync_bin):
+    mod = tree(tmp_path)
+    srv = inproc({"m": str(mod)})
+    dst = tmp_path / "dst"
+    p = run([rsync_bin, "-a", srv.url + "/m/a", srv.url + "/m/nothere", str(dst) + "/"], check=False)
+    assert p.returncode == 23
+    assert b"nothere" in p.stderr
+    assert os.listdir(dst) == ["a"]
+
+
+def test_toml_config(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('[[listener]]\nrsyncd = "localhost:8730"\n'
+                 '[[module]]\nname = "pub"\npath = "%s"\ncomment = "public"\nacl = ["allow 10.0.0.0/8", "deny all"]\n'
+                 % tmp_path)
+    cfg = daemon.load_toml(str(p))
+    assert cfg.listeners == ["localhost:8730"]
+    m = cfg.modules["pub"]
+    assert m.comment == "public" and m.path == str(tmp_path)
+    assert m.check_access("10.1.2.3") and not m.check_access("127.0.0.1")
+    assert m.check_access("::ffff:10.0.0.1") and not m.check_access("::1")
+
+
+@pytest.mark.parametrize("text", [
+    '[[module]]\nname = "x"\n',
+    '[[module]]\nname = "x"\npath = "/"\nacl = ["permit all"]\n',
+    '[[module]]\nname = "x"\npath = "/"\nacl = ["allow 300.0.0.0/8"]\n',
+    '[[module]]\nname = "x"\npath = "/"\nfrobnicate = true\n',
+    '[[module]]\nname = "a/b"\npath = "/"\n',
+    '[[listener]]\nhttp = "x"\n',
+    'not toml at all [',
+])
+def test_bad_config_is_refused_with_a_message(tmp_path, text):
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    with pytest.raises(daemon.ConfigError):
+        daemon.load_toml(str(p))
+
+
+def test_daemon_cli_errors(tmp_path):
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, daemon.__file__, "--daemon", "--gokr.listen=127.0.0.1:0",
+                        "--gokr.modulemap=m=%s" % (tmp_path / "missing")], capture_output=True, timeout=30)
+    assert p.returncode == 1 and b"not a directory" in p.stderr
+    p = subprocess.run([sys.executable, daemon.__file__, "--daemon", "--gokr.listen=127.0.0.1:0",
+                        "--gokr.modulemap=nopath"], capture_output=True, timeout=30)
+    assert p.returncode == 1 and b"NAME=PATH" in p.stderr
+
+
+def test_module_args_strip_module_name():
+    assert daemon._module_args(["--server", "--sender", "-r", ".", "m/a", "m", "m/"], "m") == \
+        ["--server", "--sender", "-r", ".", "a", ".", "."]
