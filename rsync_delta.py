@@ -1,0 +1,580 @@
+"""The sender's side of rsync's delta algorithm: weak checksums and block search.
+
+The receiver sends the weak (rolling) and strong checksum of each block of
+its copy of a file; the sender looks for those blocks at every offset of its
+own version and sends the rest as literal data. checksum1 is rsync's weak
+checksum, match() its block search (match.c's hash_search), choosing the
+same blocks as rsync does.
+
+The byte-at-a-time loops run in C when the optional library built from
+contrib/rsync_delta.c (`python3 setup.py build_ext --inplace`) sits next to
+this file; it is loaded with ctypes, which releases the GIL during calls.
+Otherwise, or with GOKR_RSYNC_PURE=1 in the environment, the same search runs
+in pure Python. IMPLEMENTATION says which ("c" or "python").
+"""
+import array
+import ctypes
+import importlib.machinery
+import os
+from itertools import accumulate
+
+__all__ = ["CHUNK_SIZE", "MAX_CHAIN_LEN", "FLUSH", "IMPLEMENTATION", "checksum1",
+           "block_checksum1s", "BlockTable", "MatchStats", "match"]
+
+CHUNK_SIZE = 32 * 1024
+"""rsync's unit for reading files and sending literal data."""
+
+MAX_CHAIN_LEN = 1024
+"""The most blocks with the same weak sum rsync compares at one offset before
+rolling on (match.c's MAX_CHAIN_LEN, CVE-2026-70453): without it, files made
+of many identical blocks make the search quadratic."""
+
+FLUSH = 256 * 1024
+"""match() hands out pending literal data once it reaches this many bytes."""
+
+_SMALL_TABLE = 1 << 16
+_SEGMENT = 1 << 16
+_ABI_VERSION = 1
+_END, _CANDIDATES, _FLUSH = 0, 1, 2
+
+
+def _byte_view(buf):
+    """A flat unsigned-byte memoryview of buf (bytes-like or mmap), no copy."""
+    mv = memoryview(buf)
+    if mv.format != "B" or mv.ndim != 1:
+        mv = mv.cast("B")
+    return mv
+
+
+def _weak_sums(signed):
+    """Exact (s1, s2) of rsync's weak checksum over a signed-byte view."""
+    return sum(signed), sum(accumulate(signed))
+
+
+def _checksum1_py(buf):
+    signed = _byte_view(buf).cast("b")
+    s1 = s2 = 0
+    for pos in range(0, len(signed), _SEGMENT):
+        part = signed[pos:pos + _SEGMENT]
+        p1, p2 = _weak_sums(part)
+        s2 = (s2 + len(part) * s1 + p2) & 0xFFFF
+        s1 = (s1 + p1) & 0xFFFF
+    return s1 | (s2 << 16)
+
+
+def _block_checksum1s_py(buf, blength):
+    if blength <= 0:
+        raise ValueError("blength must be positive")
+    signed = _byte_view(buf).cast("b")
+    out = array.array("I")
+    for pos in range(0, len(signed), blength):
+        s1, s2 = _weak_sums(signed[pos:pos + blength])
+        out.append((s1 & 0xFFFF) | ((s2 & 0xFFFF) << 16))
+    return out
+
+
+class MatchStats:
+    """Counters of one match() run, left on its BlockTable as .stats.
+
+    comparisons: strong sums compared with blocks, false_alarms: of which
+    differed, matches: blocks sent, max_chain: most blocks with the window's
+    weak sum looked at for one offset (at most MAX_CHAIN_LEN), capped:
+    offsets where MAX_CHAIN_LEN cut that short.
+    """
+
+    __slots__ = ("comparisons", "false_alarms", "matches", "max_chain", "capped")
+
+    def __init__(self):
+        self.comparisons = self.false_alarms = 0
+        self.matches = self.max_chain = self.capped = 0
+
+    def __repr__(self):
+        fields = ", ".join(f"{name}={getattr(self, name)}" for name in self.__slots__)
+        return f"MatchStats({fields})"
+
+
+class BlockTable:
+    """The receiver's block sums for one file (rsync's sum_struct).
+
+    count = len(sum1s) blocks, each blength long except the last, which is
+    remainder long when remainder != 0. sum1s may be read as signed 32-bit
+    ints. sum2s are the strong sums, already truncated to s2length bytes.
+    """
+
+    def __init__(self, sum1s, sum2s, blength, remainder, s2length):
+        if not isinstance(sum1s, array.array):
+            sum1s = list(sum1s)
+        try:
+            self.sum1s = array.array("I", sum1s)
+        except OverflowError:
+            self.sum1s = array.array("I", (s & 0xFFFFFFFF for s in sum1s))
+        self.count = len(self.sum1s)
+        self.sum2s = [s if type(s) is bytes else bytes(s) for s in sum2s]
+        self.blength = blength
+        self.remainder = remainder
+        self.s2length = s2length
+        if len(self.sum2s) != self.count:
+            raise ValueError(f"{self.count} weak sums but {len(self.sum2s)} strong sums")
+        if self.count:
+            if blength <= 0 or not 0 <= remainder < blength:
+                raise ValueError(f"bad block length {blength} / remainder {remainder}")
+            if s2length < 0 or any(len(s) != s2length for s in self.sum2s):
+                raise ValueError(f"strong sums must be {s2length} bytes long")
+        self.lastlen = remainder or blength
+        self._sum2_packed = b"".join(self.sum2s)
+        self.stats = MatchStats()
+
+    def block_len(self, i):
+        """The length of block i."""
+        return self.lastlen if i == self.count - 1 else self.blength
+
+    def __len__(self):
+        return self.count
+
+
+def _literal_only(length):
+    pos = 0
+    while length - pos > FLUSH:
+        yield pos, FLUSH, -1
+        pos += FLUSH
+    yield pos, length - pos, -1
+
+
+class _Chooser:
+    """rsync's choice of block once one matched at an offset.
+
+    It prefers the block after the previous match (want_i), which the
+    receiver's run-length coding likes; with inplace (rsync's
+    updating_basis_file, the receiver writing into its basis file) it first
+    prefers the block at the same offset, and after matching a zero-sum block
+    off the block grid moves the match onto the grid when the data there is
+    the same, so the receiver can seek instead of write.
+    """
+
+    __slots__ = ("table", "view", "length", "strong", "inplace", "same_offset",
+                 "checksum1", "want_i", "aligned_offset", "aligned_i")
+
+    def __init__(self, table, view, length, strong, inplace, same_offset, checksum1):
+        self.table = table
+        self.view = view
+        self.length = length
+        self.strong = strong
+        self.inplace = inplace
+        self.same_offset = same_offset
+        self.checksum1 = checksum1
+        self.want_i = self.aligned_offset = self.aligned_i = 0
+
+    def choose(self, offset, l, sum1, sum2, i):
+        """Returns (offset, block) to send for block i matching at offset."""
+        t = self.table
+        count = t.count
+        blength = t.blength
+        realign_failed = False
+        if self.inplace:
+            if self.aligned_offset < offset:
+                steps = -((self.aligned_offset - offset) // blength)
+                self.aligned_offset += steps * blength
+                self.aligned_i += steps
+            aligned_offset, aligned_i = self.aligned_offset, self.aligned_i
+            if ((offset == aligned_offset
+                 or (sum1 == 0 and l == blength and aligned_offset + l <= self.length))
+                    and aligned_i < count
+                    and (i == aligned_i
+                         or (t.sum1s[aligned_i] == sum1 and t.block_len(aligned_i) == l
+                             and t.sum2s[aligned_i] == sum2))):
+                i = aligned_i
+                if offset != aligned_offset:
+                    data = self.view[aligned_offset:aligned_offset + l]
+                    if (self.checksum1(data) != t.sum1s[i]
+                            or bytes(self.strong(data)[:t.s2length]) != t.sum2s[i]):
+                        # rsync then tests want_i against the sums of the
+                        # data on the grid, which can only accept a block
+                        # that differs from the data at offset: keep block i.
+                        realign_failed = True
+                    else:
+                        offset = aligned_offset
+                if not realign_failed:
+                    self.same_offset[i] = 1
+                    self.want_i = i
+        want = self.want_i
+        if (not realign_failed and i != want and want < count
+                and (not self.inplace or want * blength >= offset or self.same_offset[want])
+                and t.sum1s[want] == sum1 and t.block_len(want) == l
+                and t.sum2s[want] == sum2):
+            i = want
+        self.want_i = i + 1
+        return offset, i
+
+
+def _strong_prefix(strong, data, s2length):
+    digest = bytes(strong(data)[:s2length])
+    if len(digest) != s2length:
+        raise ValueError(f"strong sum shorter than {s2length} bytes")
+    return digest
+
+
+def _hash_table(sum1s):
+    """rsync's table: bucket heads and per-block chain links, newest first."""
+    count = len(sum1s)
+    size = max((count // 8) * 10 + 11, _SMALL_TABLE)
+    head = [-1] * size
+    chain = [-1] * count
+    if size == _SMALL_TABLE:
+        for i, s in enumerate(sum1s):
+            h = ((s & 0xFFFF) + (s >> 16)) & 0xFFFF
+            chain[i] = head[h]
+            head[h] = i
+    else:
+        for i, s in enumerate(sum1s):
+            h = s % size
+            chain[i] = head[h]
+            head[h] = i
+    return size, head, chain
+
+
+def _match_py(table, buf, length, strong, inplace=False):
+    stats = table.stats = MatchStats()
+    if not length or not table.count:
+        yield from _literal_only(length)
+        return
+    view = _byte_view(buf)
+    signed = view.cast("b")
+    count, bl, lastlen, s2length = table.count, table.blength, table.lastlen, table.s2length
+    sum1s = table.sum1s.tolist()
+    sum2s = table.sum2s
+    size, head, chain = _hash_table(sum1s)
+    known = frozenset(sum1s)
+    small = size == _SMALL_TABLE
+    same_offset = bytearray(count)
+    chooser = _Chooser(table, view, length, strong, inplace, same_offset, _checksum1_py)
+
+    def search(offset, k, s1, s2):
+        """The first block with this window's sums, as (block, sum1, sum2), or None."""
+        sum1 = (s1 & 0xFFFF) | ((s2 & 0xFFFF) << 16)
+        h = ((s1 + s2) & 0xFFFF) if small else sum1 % size
+        candidates = []
+        same_sum = 0
+        prev = -1
+        i = head[h]
+        while i >= 0:
+            following = chain[i]
+            if inplace and i * bl < offset and not same_offset[i]:
+                if prev < 0:
+                    head[h] = following
+                else:
+                    chain[prev] = following
+                i = following
+                continue
+            prev = i
+            if sum1s[i] == sum1:
+                if same_sum == MAX_CHAIN_LEN:
+                    stats.capped += 1
+                    break
+                same_sum += 1
+                if (lastlen if i == count - 1 else bl) == k:
+                    candidates.append(i)
+            i = following
+        if same_sum > stats.max_chain:
+            stats.max_chain = same_sum
+        if not candidates:
+            return None
+        sum2 = _strong_prefix(strong, view[offset:offset + k], s2length)
+        for i in candidates:
+            stats.comparisons += 1
+            if sum2s[i] == sum2:
+                return i, sum1, sum2
+            stats.false_alarms += 1
+        return None
+
+    end = length + 1 - lastlen
+    last_match = offset = 0
+    k = min(bl, length)
+    s1, s2 = _weak_sums(signed[:k])
+    segment = 1
+    while offset < end:
+        if offset - last_match >= FLUSH:
+            yield last_match, offset - last_match, -1
+            last_match = offset
+        found = None
+        stop = min(end, last_match + FLUSH, offset + segment, length - bl)
+        if offset < stop:
+            # Full windows with a byte to roll in: one list slice per run.
+            segment = min(2 * segment, _SEGMENT)
+            outgoing = signed[offset:stop].tolist()
+            incoming = signed[offset + bl:stop + bl].tolist()
+            if small:
+                for o, n in zip(outgoing, incoming):
+                    if (head[(s1 + s2) & 0xFFFF] >= 0
+                            and ((s1 & 0xFFFF) | ((s2 & 0xFFFF) << 16)) in known):
+                        found = search(offset, bl, s1, s2)
+                        if found:
+                            break
+                    s1 += n - o
+                    s2 += s1 - bl * o
+                    offset += 1
+            else:
+                for o, n in zip(outgoing, incoming):
+                    if ((s1 & 0xFFFF) | ((s2 & 0xFFFF) << 16)) in known:
+                        found = search(offset, bl, s1, s2)
+                        if found:
+                            break
+                    s1 += n - o
+                    s2 += s1 - bl * o
+                    offset += 1
+        else:
+            if ((s1 & 0xFFFF) | ((s2 & 0xFFFF) << 16)) in known:
+                found = search(offset, k, s1, s2)
+            if not found:
+                o = signed[offset]
+                if offset + k < length:
+                    s1 += signed[offset + k] - o
+                    s2 += s1 - k * o
+                else:
+                    s1 -= o
+                    s2 -= k * o
+                    k -= 1
+                offset += 1
+        if found:
+            i, sum1, sum2 = found
+            offset, i = chooser.choose(offset, k, sum1, sum2, i)
+            stats.matches += 1
+            yield last_match, offset - last_match, i
+            offset = last_match = offset + table.block_len(i)
+            k = max(0, min(bl, length - offset))
+            s1, s2 = _weak_sums(signed[offset:offset + k])
+            segment = 1
+    yield last_match, length - last_match, -1
+
+
+# --- the C library -----------------------------------------------------------
+
+class _Search(ctypes.Structure):
+    """The public head of contrib/rsync_delta.c's struct rd_search."""
+
+    _fields_ = [
+        ("offset", ctypes.c_int64),
+        ("last_match", ctypes.c_int64),
+        ("sum", ctypes.c_uint32),
+        ("window", ctypes.c_int32),
+        ("ncand", ctypes.c_int32),
+        ("max_chain", ctypes.c_int32),
+        ("comparisons", ctypes.c_uint64),
+        ("false_alarms", ctypes.c_uint64),
+        ("capped", ctypes.c_uint64),
+    ]
+
+
+class _PyBuffer(ctypes.Structure):
+    """CPython's Py_buffer."""
+
+    _fields_ = [
+        ("buf", ctypes.c_void_p),
+        ("obj", ctypes.c_void_p),
+        ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t),
+        ("readonly", ctypes.c_int),
+        ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p),
+        ("shape", ctypes.c_void_p),
+        ("strides", ctypes.c_void_p),
+        ("suboffsets", ctypes.c_void_p),
+        ("internal", ctypes.c_void_p),
+    ]
+
+
+class _Pinned:
+    """A buffer export of obj: its address and size, valid until release().
+
+    ctypes' from_buffer refuses read-only buffers (bytes, mmap ACCESS_READ),
+    so this asks CPython directly. While pinned, a bytearray cannot be
+    resized nor an mmap closed.
+    """
+
+    __slots__ = ("_view", "address", "size")
+
+    def __init__(self, obj):
+        view = _PyBuffer()
+        _PyObject_GetBuffer(ctypes.py_object(obj), ctypes.byref(view), 0)
+        self._view = view
+        self.address = view.buf
+        self.size = view.len
+
+    def release(self):
+        if self._view is not None:
+            _PyBuffer_Release(ctypes.byref(self._view))
+            self._view = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def _find_library():
+    """The C library built next to this file, loaded and declared, or None."""
+    if not hasattr(ctypes, "pythonapi") or array.array("I").itemsize != 4:
+        return None
+    here = os.path.dirname(os.path.abspath(__file__))
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = os.path.join(here, "_rsync_delta" + suffix)
+        if not os.path.isfile(path):
+            continue
+        try:
+            lib = ctypes.CDLL(path)
+            if (lib.rd_abi_version() != _ABI_VERSION
+                    or _public_size(lib) != ctypes.sizeof(_Search)):
+                continue
+        except (OSError, AttributeError):
+            continue
+        _declare(lib)
+        return lib
+    return None
+
+
+def _public_size(lib):
+    lib.rd_public_size.restype = ctypes.c_size_t
+    lib.rd_public_size.argtypes = []
+    return lib.rd_public_size()
+
+
+def _declare(lib):
+    vp, i32, i64 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64
+    search_p = ctypes.POINTER(_Search)
+    for name, restype, argtypes in [
+        ("rd_checksum1", ctypes.c_uint32, [vp, i64]),
+        ("rd_block_checksum1s", None, [vp, i64, i32, vp]),
+        ("rd_new", search_p, [vp, i64, vp, vp, i32, i32, i32, i32, ctypes.c_int, vp, i32, i64]),
+        ("rd_free", None, [search_p]),
+        ("rd_scan", ctypes.c_int, [search_p, ctypes.c_int]),
+        ("rd_first_match", i32, [search_p, ctypes.c_char_p]),
+        ("rd_matched", None, [search_p, i64, i32]),
+    ]:
+        fn = getattr(lib, name)
+        fn.restype = restype
+        fn.argtypes = argtypes
+
+
+if hasattr(ctypes, "pythonapi"):
+    _PyObject_GetBuffer = ctypes.pythonapi.PyObject_GetBuffer
+    _PyObject_GetBuffer.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
+    _PyObject_GetBuffer.restype = ctypes.c_int
+    _PyBuffer_Release = ctypes.pythonapi.PyBuffer_Release
+    _PyBuffer_Release.argtypes = [ctypes.POINTER(_PyBuffer)]
+    _PyBuffer_Release.restype = None
+
+_lib = None if os.environ.get("GOKR_RSYNC_PURE", "") not in ("", "0") else _find_library()
+
+
+def _checksum1_c(buf):
+    if type(buf) is bytes:
+        return _lib.rd_checksum1(buf, len(buf))
+    with _Pinned(buf) as pin:
+        return _lib.rd_checksum1(pin.address, pin.size)
+
+
+def _block_checksum1s_c(buf, blength):
+    if blength <= 0:
+        raise ValueError("blength must be positive")
+    with _Pinned(buf) as pin:
+        out = array.array("I", bytes(4 * (-(-pin.size // blength))))
+        if pin.size:
+            _lib.rd_block_checksum1s(pin.address, pin.size, blength, out.buffer_info()[0])
+    return out
+
+
+def _match_c(table, buf, length, strong, inplace=False):
+    stats = table.stats = MatchStats()
+    if not length or not table.count:
+        yield from _literal_only(length)
+        return
+    count, s2length = table.count, table.s2length
+    sum1s, sum2_packed = table.sum1s, table._sum2_packed
+    same_offset = bytearray(count)
+    same_offset_c = (ctypes.c_ubyte * count).from_buffer(same_offset)
+    with _Pinned(buf) as pin:
+        view = _byte_view(buf)
+        st = _lib.rd_new(pin.address, length, sum1s.buffer_info()[0], sum2_packed, count,
+                         table.blength, table.lastlen, s2length, bool(inplace),
+                         same_offset_c, MAX_CHAIN_LEN, FLUSH)
+        if not st:
+            raise MemoryError("rsync_delta: no memory for the block search")
+        s = st.contents
+        scan, first_match, matched = _lib.rd_scan, _lib.rd_first_match, _lib.rd_matched
+        chooser = _Chooser(table, view, length, strong, inplace, same_offset, _checksum1_c)
+        try:
+            last_match = 0
+            roll = 0
+            while True:
+                event = scan(st, roll)
+                if event == _END:
+                    break
+                offset = s.offset
+                if event == _FLUSH:
+                    yield last_match, offset - last_match, -1
+                    last_match = s.last_match = offset
+                    roll = 0
+                    continue
+                k = s.window
+                sum2 = _strong_prefix(strong, view[offset:offset + k], s2length)
+                i = first_match(st, sum2)
+                if i < 0:
+                    roll = 1
+                    continue
+                offset, i = chooser.choose(offset, k, s.sum, sum2, i)
+                stats.matches += 1
+                yield last_match, offset - last_match, i
+                matched(st, offset, i)
+                last_match = s.last_match
+                roll = 0
+            yield last_match, length - last_match, -1
+        finally:
+            stats.comparisons = s.comparisons
+            stats.false_alarms = s.false_alarms
+            stats.max_chain = s.max_chain
+            stats.capped = s.capped
+            del s
+            _lib.rd_free(st)
+            del same_offset_c, view
+
+
+# --- the public functions -------------------------------------------------------
+
+if _lib is not None:
+    IMPLEMENTATION = "c"
+    _checksum1, _block_checksum1s, _match = _checksum1_c, _block_checksum1s_c, _match_c
+else:
+    IMPLEMENTATION = "python"
+    _checksum1, _block_checksum1s, _match = _checksum1_py, _block_checksum1s_py, _match_py
+
+
+def checksum1(buf):
+    """rsync's weak checksum of buf (get_checksum1).
+
+    Over the bytes as signed chars: s1 sums them, s2 sums the running s1;
+    the result is (s1 & 0xffff) | (s2 << 16), modulo 2^32.
+    """
+    return _checksum1(buf)
+
+
+def block_checksum1s(buf, blength):
+    """checksum1 of each blength-long block of buf (the last may be shorter),
+    as an array('I')."""
+    return _block_checksum1s(buf, blength)
+
+
+def match(table, buf, length, strong, inplace=False):
+    """rsync's block search (match.c's hash_search) over buf[0:length).
+
+    Yields (lit_off, lit_len, idx): the literal buf[lit_off:lit_off+lit_len]
+    (possibly empty), then, when idx >= 0, a copy of the receiver's block
+    idx. idx == -1 is literal data alone: a flush once FLUSH bytes are
+    pending, and always the last item. The literals and blocks cover
+    [0, length) in order. strong(memoryview) returns the strong sum of a
+    block (its first table.s2length bytes are compared). With inplace the
+    receiver updates its basis file in place (--inplace), and only blocks it
+    has not yet overwritten are used. Counters end up in table.stats.
+    """
+    if length < 0 or length > _byte_view(buf).nbytes:
+        raise ValueError(f"length {length} outside the buffer")
+    return _match(table, buf, length, strong, inplace)

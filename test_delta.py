@@ -1,0 +1,512 @@
+"""rsync_delta: rsync's weak checksum and block search, in C and in pure Python.
+
+Both implementations must agree token for token; the tokens must rebuild the
+sender's file from the receiver's (also when the receiver updates its file in
+place); the search must stay bounded on files made of equal blocks.
+"""
+import array
+import hashlib
+import importlib.machinery
+import mmap
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import threading
+
+import pytest
+
+import rsync_delta
+from rsync_delta import FLUSH, MAX_CHAIN_LEN, BlockTable
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _library_files():
+    return [os.path.join(HERE, "_rsync_delta" + suffix)
+            for suffix in importlib.machinery.EXTENSION_SUFFIXES
+            if os.path.isfile(os.path.join(HERE, "_rsync_delta" + suffix))]
+
+
+@pytest.fixture(scope="session")
+def clib():
+    """The C library, built in place if missing: a failed build fails under CI."""
+    if not _library_files():
+        build = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+                               cwd=HERE, capture_output=True, text=True)
+        if build.returncode != 0 or not _library_files():
+            message = f"building _rsync_delta failed:\n{build.stdout}\n{build.stderr}"
+            if os.environ.get("CI"):
+                pytest.fail(message)
+            pytest.skip(message)
+    if rsync_delta._lib is None:
+        rsync_delta._lib = rsync_delta._find_library()
+    if rsync_delta._lib is None:
+        message = f"cannot load {_library_files()}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return rsync_delta._lib
+
+
+@pytest.fixture(params=["c", "python"])
+def impl(request):
+    """(checksum1, block_checksum1s, match) of one implementation."""
+    if request.param == "c":
+        request.getfixturevalue("clib")
+        return rsync_delta._checksum1_c, rsync_delta._block_checksum1s_c, rsync_delta._match_c
+    return rsync_delta._checksum1_py, rsync_delta._block_checksum1s_py, rsync_delta._match_py
+
+
+# --- references --------------------------------------------------------------
+
+def checksum1_reference(data):
+    """rsync's definition: signed bytes, s1 += b, s2 += s1, 32-bit wraparound."""
+    s1 = s2 = 0
+    for b in data:
+        s1 = (s1 + (b - 256 if b > 127 else b)) & 0xFFFFFFFF
+        s2 = (s2 + s1) & 0xFFFFFFFF
+    return (s1 & 0xFFFF) | ((s2 << 16) & 0xFFFFFFFF)
+
+
+def checksum1_four_at_a_time(data):
+    """The same sum as rsync's C computes it, four bytes per step plus a tail."""
+    b = [x - 256 if x > 127 else x for x in data]
+    s1 = s2 = 0
+    i = 0
+    while i < len(b) - 4:
+        s2 += 4 * (s1 + b[i]) + 3 * b[i + 1] + 2 * b[i + 2] + b[i + 3]
+        s1 += b[i] + b[i + 1] + b[i + 2] + b[i + 3]
+        i += 4
+    while i < len(b):
+        s1 += b[i]
+        s2 += s1
+        i += 1
+    return ((s1 & 0xFFFF) + (s2 << 16)) & 0xFFFFFFFF
+
+
+def md5(view):
+    return hashlib.md5(view).digest()
+
+
+def make_table(basis, blength, s2length=16, strong=md5):
+    blocks = [basis[i:i + blength] for i in range(0, len(basis), blength)]
+    return BlockTable([checksum1_reference(b) for b in blocks],
+                      [strong(b)[:s2length] for b in blocks],
+                      blength, len(basis) % blength if blocks else 0, s2length)
+
+
+def check_coverage(tokens, table, length):
+    pos = 0
+    for n, (off, lit, idx) in enumerate(tokens):
+        assert off == pos and lit >= 0
+        pos += lit
+        if idx >= 0:
+            pos += table.block_len(idx)
+        else:
+            assert lit <= FLUSH + table.blength or n == len(tokens) - 1
+    assert pos == length
+    assert tokens[-1][2] == -1
+    assert all(idx >= 0 or lit <= FLUSH for _, lit, idx in tokens[:-1])
+
+
+def rebuild(tokens, new, basis, table):
+    out = bytearray()
+    for off, lit, idx in tokens:
+        out += new[off:off + lit]
+        if idx >= 0:
+            start = idx * table.blength
+            out += basis[start:start + table.block_len(idx)]
+    return bytes(out)
+
+
+def rebuild_in_place(tokens, new, basis, table):
+    """What a receiver with --inplace does: blocks are read from the file being written."""
+    f = bytearray(basis)
+    pos = 0
+    for off, lit, idx in tokens:
+        f[pos:pos + lit] = new[off:off + lit]
+        pos += lit
+        if idx >= 0:
+            start = idx * table.blength
+            block = bytes(f[start:start + table.block_len(idx)])
+            f[pos:pos + len(block)] = block
+            pos += len(block)
+    del f[pos:]
+    return bytes(f)
+
+
+def run_both(table, new, inplace, strong=md5, length=None):
+    """Tokens and stats from C and Python; asserts they are identical."""
+    length = len(new) if length is None else length
+    c_tokens = list(rsync_delta._match_c(table, new, length, strong, inplace))
+    c_stats = repr(table.stats)
+    py_tokens = list(rsync_delta._match_py(table, new, length, strong, inplace))
+    assert c_tokens == py_tokens
+    assert c_stats == repr(table.stats)
+    return c_tokens
+
+
+# --- (a) weak checksums ----------------------------------------------------------
+
+def test_checksum1_definition_and_rsyncs_unrolled_form_agree():
+    rng = random.Random(1)
+    for n in list(range(0, 40)) + [1000, 4097]:
+        data = bytes(rng.getrandbits(8) for _ in range(n))
+        assert checksum1_four_at_a_time(data) == checksum1_reference(data)
+
+
+def test_checksum1_against_reference(impl):
+    checksum1 = impl[0]
+    rng = random.Random(2)
+    cases = [b"", b"\x00", b"\x80", b"\xff" * 1000, bytes(range(256)) * 9, b"\x7f\x80" * 3000]
+    cases += [bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 700))) for _ in range(150)]
+    cases += [bytes(rng.randrange(128, 256) for _ in range(n)) for n in (15, 16, 17, 31, 32, 33, 5000)]
+    for data in cases:
+        expected = checksum1_reference(data)
+        assert checksum1(data) == expected
+        assert checksum1(bytearray(data)) == expected
+        assert checksum1(memoryview(data)) == expected
+
+
+def test_checksum1_large_buffer_wraps_like_rsync(impl):
+    checksum1 = impl[0]
+    data = random.Random(3).randbytes(70_000) + b"\xff" * 10_000
+    assert checksum1(data) == checksum1_reference(data)
+    assert checksum1(memoryview(data)[1:-1]) == checksum1_reference(data[1:-1])
+
+
+def test_block_checksum1s(impl):
+    _, block_checksum1s, _ = impl
+    rng = random.Random(4)
+    for n, blength in [(0, 700), (1, 700), (700, 700), (701, 700), (5000, 700),
+                       (5000, 1), (3, 8), (12345, 64), (1000, 5000)]:
+        data = bytes(rng.getrandbits(8) for _ in range(n))
+        sums = block_checksum1s(data, blength)
+        assert isinstance(sums, array.array) and sums.typecode == "I"
+        assert list(sums) == [checksum1_reference(data[i:i + blength])
+                              for i in range(0, n, blength)]
+        assert block_checksum1s(bytearray(data), blength) == sums
+    with pytest.raises(ValueError):
+        block_checksum1s(b"abc", 0)
+
+
+def test_public_functions_use_the_chosen_implementation():
+    assert rsync_delta.IMPLEMENTATION in ("c", "python")
+    data = bytes(range(256)) * 3
+    assert rsync_delta.checksum1(data) == checksum1_reference(data)
+    assert list(rsync_delta.block_checksum1s(data, 100)) == [
+        checksum1_reference(data[i:i + 100]) for i in range(0, len(data), 100)]
+
+
+def test_environment_forces_pure_python(clib):
+    code = "import rsync_delta; print(rsync_delta.IMPLEMENTATION)"
+    env = dict(os.environ, GOKR_RSYNC_PURE="1")
+    out = subprocess.run([sys.executable, "-c", code], cwd=HERE, env=env,
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "python"
+    env.pop("GOKR_RSYNC_PURE")
+    out = subprocess.run([sys.executable, "-c", code], cwd=HERE, env=env,
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "c"
+
+
+# --- (b) and (c): identical tokens that rebuild the file -------------------------------
+
+def _edit(rng, data, edits):
+    data = bytearray(data)
+    for _ in range(edits):
+        pos = rng.randrange(0, len(data) + 1)
+        op = rng.randrange(5)
+        if op == 0:
+            data[pos:pos] = rng.randbytes(rng.randrange(1, 300))
+        elif op == 1:
+            del data[pos:pos + rng.randrange(1, 300)]
+        elif op == 2:
+            data[pos:pos] = bytes(rng.randrange(1, 900))
+        elif op == 3:
+            data[pos:pos + 3] = b"\x00\xff\x80"
+        else:
+            data[pos:pos + 50] = rng.randbytes(50)
+    return bytes(data)
+
+
+def _scenarios():
+    rng = random.Random(5)
+    block = rng.randbytes(64)
+    yield "identical", rng.randbytes(5000), None, 700
+    yield "empty file", b"", b"", 700
+    yield "empty basis", b"", rng.randbytes(3000), 700
+    yield "empty new", rng.randbytes(3000), b"", 700
+    yield "shorter than a block", rng.randbytes(300), None, 700
+    yield "new shorter than a block", rng.randbytes(3000), b"abc", 700
+    yield "one block and a bit", rng.randbytes(701), None, 700
+    yield "exact blocks", rng.randbytes(2800), None, 700
+    yield "one-byte blocks", rng.randbytes(300), None, 1
+    yield "two-byte blocks", rng.randbytes(300), None, 2
+    yield "all zeros", bytes(10_000), None, 64
+    yield "zeros, shifted", bytes(10_000), b"xyz" + bytes(9_000) + b"q" + bytes(997), 64
+    yield "zeros with a remainder", bytes(10_000 + 17), bytes(5) + bytes(10_000), 64
+    yield "repeated block", block * 200 + b"tail", None, 64
+    yield "repeated block, rotated", block * 200, block[10:] + block * 150, 64
+    yield "high bytes", bytes(rng.randrange(128, 256) for _ in range(9000)), None, 300
+    for n in range(40):
+        basis = rng.randbytes(rng.randrange(0, 20_000))
+        yield f"random {n}", basis, None, rng.choice([1, 7, 64, 333, 700, 2048])
+
+
+SCENARIOS = list(_scenarios())
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("name,basis,new,blength", SCENARIOS, ids=[s[0] for s in SCENARIOS])
+def test_c_and_python_agree_and_rebuild(clib, name, basis, new, blength, inplace):
+    rng = random.Random(name)
+    if new is None:
+        new = _edit(rng, basis, rng.randrange(0, 8)) if name.startswith("random") else _edit(rng, basis, 3)
+    for s2length in (16, 2):
+        table = make_table(basis, blength, s2length)
+        tokens = run_both(table, new, inplace)
+        check_coverage(tokens, table, len(new))
+        assert rebuild(tokens, new, basis, table) == new
+        if inplace:
+            assert rebuild_in_place(tokens, new, basis, table) == new
+
+
+def test_identical_file_is_all_blocks_in_order(clib):
+    basis = random.Random(6).randbytes(7 * 700 + 123)
+    table = make_table(basis, 700)
+    for inplace in (False, True):
+        tokens = run_both(table, basis, inplace)
+        assert tokens == [(700 * i, 0, i) for i in range(8)] + [(len(basis), 0, -1)]
+
+
+def test_block_table_from_the_wire():
+    table = BlockTable(iter([-1, 5, 0x7FFFFFFF]), [b"ab", b"cd", bytearray(b"ef")], 10, 3, 2)
+    assert list(table.sum1s) == [0xFFFFFFFF, 5, 0x7FFFFFFF]
+    assert table.sum2s == [b"ab", b"cd", b"ef"]
+    assert [table.block_len(i) for i in range(3)] == [10, 10, 3]
+    assert BlockTable([1], [b"ab"], 10, 0, 2).block_len(0) == 10
+    with pytest.raises(ValueError):
+        BlockTable([1, 2], [b"ab"], 10, 0, 2)
+    with pytest.raises(ValueError):
+        BlockTable([1], [b"abc"], 10, 0, 2)
+    with pytest.raises(ValueError):
+        BlockTable([1], [b"ab"], 10, 10, 2)
+
+
+def test_empty_table_is_all_literal(impl):
+    match = impl[2]
+    table = BlockTable([], [], 700, 0, 16)
+    for length in (0, 1, FLUSH, FLUSH + 1, 3 * FLUSH + 5):
+        data = bytes(length)
+        tokens = list(match(table, data, length, md5))
+        assert all(idx == -1 for _, _, idx in tokens)
+        assert all(0 < lit <= FLUSH for _, lit, _ in tokens[:-1])
+        check_coverage(tokens, table, length)
+    assert list(match(table, b"", 0, md5)) == [(0, 0, -1)]
+
+
+def test_zero_run_is_realigned_when_updating_in_place(clib):
+    bl = 64
+    basis = bytes(10 * bl)
+    new = b"x" * 10 + bytes(10 * bl - 10)
+    table = make_table(basis, bl)
+    # The zeros at offset 10 match, but so do the zeros on the block grid at
+    # 64: sending 64 literal bytes lets the receiver seek past all the rest.
+    assert run_both(table, new, True) == (
+        [(0, 64, 1)] + [(bl * i, 0, i) for i in range(2, 10)] + [(10 * bl, 0, -1)])
+    # Without --inplace the adjacent blocks from block 0 on are preferred.
+    assert run_both(table, new, False) == (
+        [(0, 10, 0)] + [(10 + bl * i, 0, i) for i in range(1, 9)] + [(586, 54, -1)])
+
+
+def test_in_place_never_reads_overwritten_blocks(clib):
+    rng = random.Random(7)
+    for _ in range(30):
+        bl = rng.choice([16, 64, 100])
+        blocks = [rng.randbytes(bl) for _ in range(6)] + [bytes(bl)]
+        basis = b"".join(rng.choice(blocks) for _ in range(rng.randrange(1, 80)))
+        new = b"".join(rng.choice(blocks) for _ in range(rng.randrange(1, 80)))
+        new = _edit(rng, new, rng.randrange(0, 4))
+        table = make_table(basis, bl, rng.choice([2, 16]))
+        tokens = run_both(table, new, True)
+        assert rebuild_in_place(tokens, new, basis, table) == new
+
+
+def test_flush_bounds_pending_literal(clib):
+    rng = random.Random(8)
+    basis = rng.randbytes(3000)
+    new = rng.randbytes(3 * FLUSH + 1000) + basis
+    table = make_table(basis, 500)
+    tokens = run_both(table, new, False)
+    assert tokens[:3] == [(0, FLUSH, -1), (FLUSH, FLUSH, -1), (2 * FLUSH, FLUSH, -1)]
+    assert tokens[3:] == [(3 * FLUSH, 1000, 0)] + [
+        (3 * FLUSH + 1000 + 500 * i, 0, i) for i in range(1, 6)] + [(len(new), 0, -1)]
+
+
+def test_length_limits_the_search(clib):
+    basis = random.Random(9).randbytes(2100)
+    table = make_table(basis, 700)
+    tokens = run_both(table, basis + b"ignored", False, length=1400)
+    assert tokens == [(0, 0, 0), (700, 0, 1), (1400, 0, -1)]
+    with pytest.raises(ValueError):
+        rsync_delta.match(table, basis, len(basis) + 1, md5)
+
+
+def test_strong_sum_is_computed_once_per_offset(clib):
+    basis = bytes(64) * 50
+    new = bytes(64) * 10
+    for match in (rsync_delta._match_c, rsync_delta._match_py):
+        calls = []
+
+        def strong(view):
+            calls.append(bytes(view))
+            return md5(view)
+        table = make_table(basis, 64)
+        tokens = list(match(table, new, len(new), strong))
+        assert tokens == [(64 * i, 0, i) for i in range(10)] + [(640, 0, -1)]
+        assert calls == [bytes(64)] * 10
+
+
+# --- (d) equal weak sums stay linear ----------------------------------------------
+
+def _decoy(blength, c=100):
+    """A block that has the weak sum of blength bytes of c, but other content."""
+    block = bytearray([c]) * blength
+    block[0:3] = bytes([c + 1, c - 2, c + 1])
+    return bytes(block)
+
+
+def test_equal_weak_sums_are_capped_per_offset(clib):
+    bl, nblocks, run = 64, 5000, 400
+    decoy = _decoy(bl)
+    source = bytes([100]) * run
+    assert checksum1_reference(decoy) == checksum1_reference(source[:bl])
+    table = make_table(decoy * nblocks, bl)
+    offsets = run - bl + 1
+    for match in (rsync_delta._match_c, rsync_delta._match_py):
+        tokens = list(match(table, source, run, md5))
+        assert tokens == [(0, run, -1)]
+        stats = table.stats
+        assert stats.max_chain == MAX_CHAIN_LEN
+        assert stats.capped == offsets
+        assert stats.comparisons == stats.false_alarms == offsets * MAX_CHAIN_LEN
+
+
+def test_cap_follows_rsyncs_chain_order(clib):
+    """Chains run from the highest block down: the cap hides low blocks only."""
+    bl = 64
+    real = bytes([100]) * bl
+    source = bytes(range(50)) + real + bytes(range(50))
+    decoys = _decoy(bl) * (MAX_CHAIN_LEN + 10)
+    low = make_table(real + decoys, bl)
+    assert run_both(low, source, False) == [(0, len(source), -1)]
+    assert low.stats.capped > 0
+    high = make_table(decoys + real, bl)
+    assert run_both(high, source, False) == [(0, 50, MAX_CHAIN_LEN + 10), (50 + bl, 50, -1)]
+
+
+def test_many_blocks_use_rsyncs_big_table(clib):
+    rng = random.Random(10)
+    basis = rng.randbytes(60_000 * 8)
+    table = make_table(basis, 8, 4)
+    assert table.count > 52_420
+    new = _edit(rng, basis, 5)
+    tokens = run_both(table, new, False)
+    assert rebuild(tokens, new, basis, table) == new
+
+
+# --- (e) buffers -------------------------------------------------------------------
+
+def test_read_only_mmap(tmp_path, impl):
+    checksum1, block_checksum1s, match = impl
+    rng = random.Random(11)
+    basis = rng.randbytes(20_000)
+    new = _edit(rng, basis, 4)
+    path = tmp_path / "new"
+    path.write_bytes(new)
+    table = make_table(basis, 700)
+    expected = list(rsync_delta._match_py(table, new, len(new), md5, False))
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        assert checksum1(mm) == checksum1_reference(new)
+        assert list(block_checksum1s(mm, 700)) == list(block_checksum1s(new, 700))
+        assert list(match(table, mm, len(mm), md5)) == expected
+        unfinished = match(table, mm, len(mm), md5)
+        next(unfinished)
+        unfinished.close()
+        mm.close()
+
+
+def test_bytearray_and_memoryview_buffers(impl):
+    _, _, match = impl
+    rng = random.Random(12)
+    basis = rng.randbytes(9000)
+    new = _edit(rng, basis, 3)
+    table = make_table(basis, 512)
+    expected = list(rsync_delta._match_py(table, new, len(new), md5, False))
+    assert list(match(table, bytearray(new), len(new), md5)) == expected
+    assert list(match(table, memoryview(new), len(new), md5)) == expected
+    framed = b"...." + new + b"...."
+    assert list(match(table, memoryview(framed)[4:-4], len(new), md5)) == expected
+
+
+def test_non_contiguous_buffer_is_refused(impl):
+    checksum1 = impl[0]
+    with pytest.raises((BufferError, TypeError, ValueError)):
+        checksum1(memoryview(b"abcdef")[::2])
+
+
+def test_threads_share_the_library(clib):
+    rng = random.Random(13)
+    basis = rng.randbytes(200_000)
+    table_args = make_table(basis, 1000)
+    jobs = [_edit(rng, basis, 10) for _ in range(4)]
+    expected = [list(rsync_delta._match_c(table_args, new, len(new), md5)) for new in jobs]
+    results = [None] * len(jobs)
+
+    def work(n):
+        table = make_table(basis, 1000)
+        results[n] = list(rsync_delta._match_c(table, jobs[n], len(jobs[n]), md5))
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == expected
+
+
+# --- stock rsync -----------------------------------------------------------------------
+
+def _stock_rsync_matches(tmp_path, basis, new, blength, inplace):
+    dst = tmp_path / "dst"
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir()
+    (dst / "f").write_bytes(basis)
+    (tmp_path / "f").write_bytes(new)
+    args = ["rsync", "-I", "--no-whole-file", f"--block-size={blength}", "--debug=deltasum2"]
+    if inplace:
+        args.append("--inplace")
+    out = subprocess.run(args + [str(tmp_path / "f"), str(dst) + "/"],
+                         capture_output=True, text=True, check=True).stdout
+    assert (dst / "f").read_bytes() == new
+    return [(int(offset.replace(",", "")), int(block)) for offset, block in
+            re.findall(r"^match at (\S+) last_match=\S+ j=(\d+)", out, re.M)]
+
+
+@pytest.mark.skipif(shutil.which("rsync") is None, reason="stock rsync is not installed")
+@pytest.mark.parametrize("inplace", [False, True])
+def test_same_blocks_as_stock_rsync(tmp_path, inplace):
+    rng = random.Random(14)
+    cases = [(bytes(30_000), 700), (rng.randbytes(30_000), 700), (rng.randbytes(5000) * 6, 1000)]
+    for basis, blength in cases:
+        new = _edit(rng, basis, 6)
+        table = make_table(basis, blength)
+        ours = []
+        for off, lit, idx in rsync_delta.match(table, new, len(new), md5, inplace):
+            if idx >= 0:
+                ours.append((off + lit, idx))
+        assert ours == _stock_rsync_matches(tmp_path, basis, new, blength, inplace)
