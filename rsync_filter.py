@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import enum
 import re
+import struct
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 __all__ = [
     "FilterError", "Flag", "Rule", "FilterList", "DirState", "wildmatch",
-    "parse_rules", "default_cvs_rules", "MAXPATHLEN", "MAX_WIRE_RULE_LEN",
-    "MAX_MERGE_DEPTH",
+    "parse_rules", "parse_wire_rule", "encode_rules", "encode_wire_list",
+    "decode_wire_list", "filter_list_on_wire", "default_cvs_rules",
+    "MAXPATHLEN", "MAX_WIRE_RULE_LEN", "MAX_MERGE_DEPTH",
 ]
 
 MAXPATHLEN = 4096
@@ -659,6 +661,139 @@ def _file_pieces(data: bytes, word_split: bool, from0: bool) -> Iterator[tuple[i
 
 
 # --------------------------------------------------------------------------
+# The wire
+
+def parse_wire_rule(text: bytes, protocol: int) -> list[Rule]:
+    """Parse one rule text received from a client (the bytes after its int32
+    length).  Below protocol 29 rules are old-style: "+ " and "- " prefixes
+    only.  Merge rules are returned for FilterList.add to act on.
+
+    Raises FilterError for an empty, over-long, NUL-containing or malformed
+    rule.
+    """
+    text = bytes(text)
+    if not text:
+        raise FilterError("empty filter rule (a zero length ends the list)")
+    if len(text) > MAX_WIRE_RULE_LEN:
+        raise FilterError(f"over-long filter rule received ({len(text)} bytes; the limit "
+                          f"is {MAX_WIRE_RULE_LEN})")
+    if b"\0" in text:
+        raise FilterError(f"filter rule contains a NUL byte: {_show(text)}")
+    return [_stored(f, p) for f, p in _tokens(text, old_prefixes=protocol < 29)]
+
+
+_LOCAL, _REMOTE = 1, 2
+
+
+def encode_rules(rules: Iterable[Rule], protocol: int, *, client_is_sender: bool = False,
+                 delete_excluded: bool = False, cvs_exclude: bool = False,
+                 cvs_rules: Sequence[Rule] | None = None) -> list[bytes]:
+    """The rule texts a client sends to the server, in order (each goes on
+    the wire as int32 length + text; encode_wire_list adds the framing).
+
+    As rsync does: rules that only concern the client's own side stay home
+    (sender-only ones when the client sends, receiver-only ones when it
+    receives, and with --delete-excluded the unsided ones too); hide/show/
+    protect/risk travel as "-s"/"+s"/"-r"/"+r"; "-C" is expanded into the CVS
+    list when the client sends or the protocol is below 29; below 29 only
+    "+ "-prefixed includes and bare excludes exist, and a rule that needs
+    more raises FilterError.  cvs_exclude adds what -C adds before sending.
+    """
+    seq = list(rules)
+    if cvs_exclude and client_is_sender:
+        if protocol >= 29 and not any(
+                r.flags & Flag.PERDIR_MERGE and _basename(r.pattern) == b".cvsignore"
+                for r in seq):
+            seq += parse_rules(b":C")
+        seq += [Rule(b"", _CVS_MODS | (Flag.SENDER_SIDE if delete_excluded else Flag(0)))]
+    out: list[bytes] = []
+
+    def send(items: Iterable[Rule], emit: bool) -> None:
+        for rule in items:
+            flags = rule.flags
+            if flags & Flag.CLEAR_LIST or (flags & Flag.MERGE_FILE
+                                           and not flags & Flag.PERDIR_MERGE):
+                raise FilterError(f"rule {rule} must be applied before the list is sent")
+            elide = 0
+            if flags & Flag.SENDER_SIDE:
+                elide = _LOCAL if client_is_sender else _REMOTE
+            if flags & Flag.RECEIVER_SIDE:
+                elide = 0 if elide else (_REMOTE if client_is_sender else _LOCAL)
+            elif delete_excluded and not elide and (
+                    not flags & Flag.PERDIR_MERGE or flags & Flag.NO_PREFIXES):
+                elide = _LOCAL if client_is_sender else _REMOTE
+            if elide == _LOCAL:
+                continue
+            if flags & Flag.CVS_IGNORE and not flags & Flag.MERGE_FILE:
+                expand = client_is_sender or protocol < 29
+                listed = cvs_rules if cvs_rules is not None else default_cvs_rules(
+                    protocol, flags, delete_excluded=delete_excluded)
+                send(listed, emit and expand)
+                if expand:
+                    continue
+            prefix = _rule_prefix(rule, for_xfer=True, protocol=protocol,
+                                  client_is_sender=client_is_sender,
+                                  delete_excluded=delete_excluded)
+            if prefix is None:
+                raise FilterError(f"filter rules are too modern for remote rsync "
+                                  f"(protocol {protocol}): {rule}")
+            text = prefix + rule.pattern + (b"/" if flags & Flag.DIRECTORY else b"")
+            if emit and text:
+                out.append(text)
+
+    send(seq, True)
+    return out
+
+
+def encode_wire_list(texts: Iterable[bytes]) -> bytes:
+    """Frame rule texts as rsync sends them: int32 length + text each, then
+    an int32 0."""
+    parts = []
+    for text in texts:
+        if not text or len(text) > MAX_WIRE_RULE_LEN:
+            raise FilterError(f"cannot send a filter rule of {len(text)} bytes")
+        parts.append(struct.pack("<i", len(text)) + text)
+    parts.append(struct.pack("<i", 0))
+    return b"".join(parts)
+
+
+def decode_wire_list(buf: bytes) -> tuple[list[bytes], int] | None:
+    """Take a framed filter list off the front of buf.
+
+    Returns (rule texts, bytes consumed), or None if buf does not yet hold
+    the whole list.  A length beyond MAX_WIRE_RULE_LEN raises FilterError
+    before waiting for its bytes.
+    """
+    texts, pos = [], 0
+    while True:
+        if len(buf) - pos < 4:
+            return None
+        (length,) = struct.unpack_from("<i", buf, pos)
+        if length == 0:
+            return texts, pos + 4
+        if length < 0 or length > MAX_WIRE_RULE_LEN:
+            raise FilterError(f"over-long filter rule announced ({length & 0xFFFFFFFF} "
+                              f"bytes; the limit is {MAX_WIRE_RULE_LEN})")
+        if len(buf) - pos - 4 < length:
+            return None
+        texts.append(bytes(buf[pos + 4:pos + 4 + length]))
+        pos += 4 + length
+
+
+def filter_list_on_wire(*, client_is_sender: bool, protocol: int, delete_mode: bool = False,
+                        delete_excluded: bool = False, prune_empty_dirs: bool = False) -> bool:
+    """Whether the client sends a filter list (and the server reads one).
+
+    A receiving server only wants the list to decide deletions or pruning;
+    when the client sends and the server will not use it, nothing at all
+    (not even the terminating 0) goes over the wire.
+    """
+    receiver_wants = prune_empty_dirs or (delete_mode and (not delete_excluded
+                                                           or protocol >= 29))
+    return not client_is_sender or receiver_wants
+
+
+# --------------------------------------------------------------------------
 # CVS excludes
 
 _CVS_DEFAULTS = (
@@ -844,6 +979,19 @@ class FilterList:
         """The top-level rules, in order (merge files already expanded)."""
         return tuple(item.rule if isinstance(item, _DirMerge) else item
                      for item in self._top.local)
+
+    def encode(self, *, client_is_sender: bool, cvs_exclude: bool = False,
+               protocol: int | None = None) -> list[bytes]:
+        """encode_rules for this list, with its own CVS list for "-C"."""
+        protocol = self.protocol if protocol is None else protocol
+        if self._cvs is not None:
+            cvs = self._cvs.local
+        else:
+            side = Flag.SENDER_SIDE if self.delete_excluded else Flag(0)
+            cvs = _cvs_list(protocol, _CVS_MODS | side, self.cvsignore, self.delete_excluded)
+        return encode_rules(self.rules, protocol, client_is_sender=client_is_sender,
+                            delete_excluded=self.delete_excluded, cvs_exclude=cvs_exclude,
+                            cvs_rules=cvs)
 
     def _parse_str(self, lst: _RuleList, text: bytes, tflags: Flag, old_prefixes: bool,
                    ctx: _Ctx) -> None:

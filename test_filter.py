@@ -1,11 +1,14 @@
 """Tests for rsync_filter: wildmatch vectors, rule parsing, per-directory
-merge files, and agreement with stock rsync."""
+merge files, the wire form, and agreement with stock rsync."""
 from __future__ import annotations
 
 import os
 import re
 import shutil
+import struct
 import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -565,7 +568,113 @@ def test_dir_merge_word_split_and_cvs():
 
 
 # --------------------------------------------------------------------------
-# Daemon parameters
+# Wire form
+
+def test_wire_framing_round_trip():
+    texts = [b"- *.o", b"+ keep/", b":n- .r"]
+    data = rf.encode_wire_list(texts)
+    assert data[:4] == struct.pack("<i", 5)
+    assert rf.decode_wire_list(data + b"tail") == (texts, len(data))
+    assert rf.decode_wire_list(data[:-1]) is None
+    with pytest.raises(FilterError, match="over-long"):
+        rf.decode_wire_list(struct.pack("<i", 1 << 20))
+    with pytest.raises(FilterError, match="over-long"):
+        rf.decode_wire_list(struct.pack("<i", -5))
+
+
+ROUND_TRIP_BOTH = ["- *.o", "+ dir/", "-/ /abs/x", "-! */", ":n- .r", ":C", "-C",
+                   ": /.rsync-filter", "-x user.*", "+sr both", "- - dash", "+ + plus",
+                   ":w+ .inc", "-/!x a"]
+ROUND_TRIP_PULL = ["H hid", "S sh", "-s alsohid", ":s .side"]
+ROUND_TRIP_PUSH = ["P pr", "R ri", "+r alsori", ":r .rside"]
+
+
+@pytest.mark.parametrize("protocol", [29, 30, 31, 32])
+@pytest.mark.parametrize("client_is_sender", [False, True], ids=["pull", "push"])
+def test_encode_then_parse_round_trips(protocol, client_is_sender):
+    texts = ROUND_TRIP_BOTH + (ROUND_TRIP_PUSH if client_is_sender else ROUND_TRIP_PULL)
+    if client_is_sender:
+        texts.remove("-C")
+    if protocol >= 30:
+        texts.append("-p perishable")
+    rules = [r for t in texts for r in rf.parse_rules(t)]
+    sent = rf.encode_rules(rules, protocol, client_is_sender=client_is_sender)
+    assert [r for t in sent for r in rf.parse_wire_rule(t, protocol)] == rules
+
+
+@pytest.mark.parametrize("protocol", [29, 32])
+def test_encode_keeps_one_sided_rules_home(protocol):
+    pull_only = [r for t in ROUND_TRIP_PULL for r in rf.parse_rules(t)]
+    push_only = [r for t in ROUND_TRIP_PUSH for r in rf.parse_rules(t)]
+    assert rf.encode_rules(pull_only, protocol, client_is_sender=True) == []
+    assert rf.encode_rules(push_only, protocol, client_is_sender=False) == []
+    cvs = rf.encode_rules(rf.parse_rules("-C"), protocol, client_is_sender=True)
+    assert [r for t in cvs for r in rf.parse_wire_rule(t, protocol)] == \
+        rf.default_cvs_rules(protocol)
+
+
+def test_encode_old_protocols():
+    rules = [r for t in ["- *.o", "+ keep", "- + odd", "H hid"] for r in rf.parse_rules(t)]
+    assert rf.encode_rules(rules, 28) == [b"*.o", b"+ keep", b"- + odd", b"hid"]
+    parsed = [r for t in rf.encode_rules(rules, 28) for r in rf.parse_wire_rule(t, 28)]
+    assert [r.text() for r in parsed] == [b"- *.o", b"+ keep", b"- + odd", b"- hid"]
+    for text in ("-/ x", ": .r", "-! x", "-x x"):
+        with pytest.raises(FilterError, match="too modern"):
+            rf.encode_rules(rf.parse_rules(text), 28)
+    with pytest.raises(FilterError, match="too modern"):
+        rf.encode_rules(rf.parse_rules("-p x"), 29, client_is_sender=True)
+    assert rf.encode_rules(rf.parse_rules("-p x"), 29) == [b"- x"]
+
+
+def test_encode_delete_excluded_and_cvs():
+    f = FilterList(["- *.o", "P keep", ": .r"], delete_excluded=True)
+    assert f.encode(client_is_sender=False) == [b"-s *.o", b": .r"]
+    assert f.encode(client_is_sender=True) == [b"-r keep", b": .r"]
+    g = FilterList(["- x"], protocol=30)
+    sent = g.encode(client_is_sender=True, cvs_exclude=True)
+    assert sent[:3] == [b"- x", b":C .cvsignore", b"-p RCS"] and sent[-1] == b"-p .bzr/"
+    assert g.encode(client_is_sender=False, cvs_exclude=True) == [b"- x"]
+    assert FilterList(["-C"]).encode(client_is_sender=False) == [b"-C "]
+
+
+@pytest.mark.parametrize("text,message", [
+    (b"", "empty filter rule"),
+    (b"- " + b"x" * 5200, "over-long filter rule"),
+    (b"- " + b"x" * 4096, "over-long filter pattern"),
+    (b"- a\0b", "NUL byte"),
+    (b"-Z x", "invalid modifier 'Z'"),
+    (b"- ", "unexpected end"),
+    (b"+", "unexpected end"),
+    (b"?? x", "Unknown filter rule"),
+])
+def test_hostile_wire_rules(text, message):
+    with pytest.raises(FilterError, match=re.escape(message)):
+        rf.parse_wire_rule(text, 32)
+
+
+def test_wire_rules_below_29_are_old_style():
+    assert [r.text() for r in rf.parse_wire_rule(b"- x", 28)] == [b"- x"]
+    assert [r.text() for r in rf.parse_wire_rule(b"H x", 28)] == [b"- H x"]
+    assert rf.parse_wire_rule(b"!", 28)[0].flags & Flag.CLEAR_LIST
+
+
+def test_filter_list_on_wire():
+    on = rf.filter_list_on_wire
+    assert on(client_is_sender=False, protocol=27)
+    assert not on(client_is_sender=True, protocol=31)
+    assert on(client_is_sender=True, protocol=31, delete_mode=True)
+    assert on(client_is_sender=True, protocol=31, delete_mode=True, delete_excluded=True)
+    assert not on(client_is_sender=True, protocol=28, delete_mode=True, delete_excluded=True)
+    assert on(client_is_sender=True, protocol=28, prune_empty_dirs=True)
+
+
+def test_server_side_list_from_wire():
+    f = FilterList(delete_excluded=True)
+    for text in (b"- *.o", b":e .r", b"-r keep"):
+        for rule in rf.parse_wire_rule(text, 31):
+            f.add(rule)
+    assert [r.text() for r in f.rules] == [b"-s *.o", b"- .r", b": .r", b"-r keep"]
+
 
 def test_daemon_parameters():
     f = FilterList(root=b"sub")
@@ -882,3 +991,79 @@ def test_parsing_matches_rsync_debug_output(tmp_path, rule):
     else:
         assert proc.returncode == 0, output
         assert ours == theirs
+
+
+CAPTURE_RELAY = textwrap.dedent("""\
+    import os, subprocess, sys, threading
+    server = subprocess.Popen(sys.argv[2:], stdin=subprocess.PIPE)
+    def relay():
+        with open(os.environ["CAPTURE_FILE"], "wb") as log:
+            while data := os.read(0, 65536):
+                log.write(data)
+                log.flush()
+                try:
+                    server.stdin.write(data)
+                    server.stdin.flush()
+                except BrokenPipeError:
+                    break
+        server.stdin.close()
+    threading.Thread(target=relay, daemon=True).start()
+    sys.exit(server.wait())
+    """)
+
+WIRE_SENTINEL = "-sr SENTINEL.x"
+WIRE_CASES = [
+    ["--exclude=*.o", "--filter=H hid", "--filter=P prot", "--filter=+ inc/",
+     "--filter=S sh", "--filter=R ri"],
+    ["--filter=+p per", "--filter=-/ /abs", "--filter=-! */", "--exclude=- dash"],
+    ["--filter=:n- .r", "--filter=dir-merge,e .x", "--filter=-sr both"],
+    ["-C", "--exclude=x"],
+    ["--filter=-C", "--filter=:C"],
+    ["--delete-excluded", "--exclude=*.o", "--filter=P keep", "--filter=: .r"],
+]
+
+
+def _captured_filter_list(tmp_path, args, protocol, push):
+    rsync = need_rsync()
+    relay = tmp_path / "relay.py"
+    relay.write_text(CAPTURE_RELAY)
+    capture = tmp_path / "capture.bin"
+    src = tmp_path / "src"
+    src.mkdir(exist_ok=True)
+    (src / "f").write_text("")
+    dst = tmp_path / "dst"
+    ends = [f"{src}/", f"localhost:{dst}/"] if push else [f"localhost:{src}/", f"{dst}/"]
+    env = dict(os.environ, CAPTURE_FILE=str(capture), HOME=str(tmp_path), LC_ALL="C")
+    env.pop("CVSIGNORE", None)
+    proc = subprocess.run(
+        [rsync, "-r", "-n", f"--protocol={protocol}", "-e", f"{sys.executable} {relay}",
+         *(["--delete"] if push else []), f"--filter={WIRE_SENTINEL}", *args, *ends],
+        capture_output=True, env=env, timeout=120)
+    if proc.returncode != 0:
+        return None, proc.stderr.decode(errors="replace")
+    data = capture.read_bytes()
+    marker = b"SENTINEL.x"
+    at = data.find(marker)
+    assert at >= 0, data
+    for start in range(at, max(at - 8, 4), -1):
+        if struct.unpack_from("<i", data, start - 4)[0] == at + len(marker) - start:
+            texts, _ = rf.decode_wire_list(data[start - 4:])
+            return texts, None
+    raise AssertionError(f"cannot frame the captured filter list: {data!r}")
+
+
+@pytest.mark.parametrize("protocol", [27, 28, 29, 30, 31, 32])
+@pytest.mark.parametrize("push", [False, True], ids=["pull", "push"])
+@pytest.mark.parametrize("args", WIRE_CASES, ids=lambda a: " ".join(a))
+def test_encode_matches_what_rsync_sends(tmp_path, args, protocol, push):
+    sent, error = _captured_filter_list(tmp_path, args, protocol, push)
+    f = _filter_args_to_list([f"--filter={WIRE_SENTINEL}", *args], b"", tmp_path, protocol,
+                             sent=False)
+    try:
+        ours = f.encode(client_is_sender=push, cvs_exclude="-C" in args)
+    except FilterError as exc:
+        assert sent is None, f"rsync sent {sent} but we refused: {exc}"
+        assert "too modern" in error and "too modern" in str(exc)
+        return
+    assert error is None, error
+    assert ours == sent
