@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import struct
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -1067,3 +1069,55 @@ def test_encode_matches_what_rsync_sends(tmp_path, args, protocol, push):
         return
     assert error is None, error
     assert ours == sent
+
+
+DAEMON_FILTERS = {
+    "filter": "- secret/ - /sub/*.o + *.c",
+    "exclude": "*.bak private/ /a/y*",
+}
+
+
+@pytest.fixture
+def daemon_module(tmp_path):
+    rsync = need_rsync()
+    module = tmp_path / "mod"
+    for name in ("x.bak", "keep.c", "secret/s", "sub/private/p", "sub/y.o", "a/y.o",
+                 "a/z.c", "sub/private.c", "sub/a/y.o", "private.bak/in"):
+        (module / name).parent.mkdir(parents=True, exist_ok=True)
+        (module / name).write_text("")
+    identity = "uid = root\ngid = root\n" if os.geteuid() == 0 else ""
+    conf = tmp_path / "rsyncd.conf"
+    conf.write_text(f"use chroot = no\n{identity}[mod]\npath = {module}\nread only = yes\n"
+                    + "".join(f"{k} = {v}\n" for k, v in DAEMON_FILTERS.items()))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    daemon = subprocess.Popen([rsync, "--daemon", "--no-detach", f"--port={port}",
+                               "--address=127.0.0.1", f"--config={conf}"])
+    try:
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if daemon.poll() is not None:
+                    pytest.fail("rsync --daemon exited at start-up")
+                time.sleep(0.05)
+        yield module, port
+    finally:
+        daemon.terminate()
+        daemon.wait()
+
+
+@pytest.mark.parametrize("subdir", ["", "sub"])
+def test_daemon_parameters_match_rsyncd(tmp_path, daemon_module, subdir):
+    module, port = daemon_module
+    proc = subprocess.run([RSYNC, "-r", "-n", "--out-format=%n",
+                           f"rsync://127.0.0.1:{port}/mod/{subdir + '/' if subdir else ''}",
+                           f"{tmp_path}/out/"], capture_output=True)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    expected = {line for line in proc.stdout.split(b"\n") if line}
+    f = FilterList(root=subdir)
+    for kind, text in DAEMON_FILTERS.items():
+        f.add_daemon_rules(text, kind=kind)
+    assert sorted(_walk_like_sender(f, module / subdir)) == sorted(expected)
