@@ -666,7 +666,9 @@ def _file_pieces(data: bytes, word_split: bool, from0: bool) -> Iterator[tuple[i
 def parse_wire_rule(text: bytes, protocol: int) -> list[Rule]:
     """Parse one rule text received from a client (the bytes after its int32
     length).  Below protocol 29 rules are old-style: "+ " and "- " prefixes
-    only.  Merge rules are returned for FilterList.add to act on.
+    only.  Merge rules are returned for FilterList.add to act on; it refuses
+    a "merge FILE" unless given a reader (rsyncd reads such files, confined
+    to the module), while "dir-merge" files are read by enter_dir's reader.
 
     Raises FilterError for an empty, over-long, NUL-containing or malformed
     rule.
