@@ -34,6 +34,7 @@ FLUSH = 256 * 1024
 
 _SMALL_TABLE = 1 << 16
 _SEGMENT = 1 << 16
+_PIECE = 1 << 14
 _ABI_VERSION = 1
 _END, _CANDIDATES, _FLUSH = 0, 1, 2
 
@@ -46,16 +47,42 @@ def _byte_view(buf):
     return mv
 
 
-def _weak_sums(signed):
-    """Exact (s1, s2) of rsync's weak checksum over a signed-byte view."""
-    return sum(signed), sum(accumulate(signed))
+_XOR80 = bytes(b ^ 0x80 for b in range(256))
+_LANE = (1 << 64) - 1
+_LANE2 = _LANE * _LANE
+
+
+def _weak_sums(data):
+    """Exact (s1, s2) of rsync's weak checksum over bytes-like data.
+
+    s1 is the sum of the bytes taken as signed, s2 the sum of each byte
+    times its distance from the end: (len - j) * b[j].
+    """
+    k = len(data)
+    if k < 256:
+        signed = memoryview(data).cast("b")
+        return sum(signed), sum(accumulate(signed))
+    # Put t[j] = b[j] + 128 into 64-bit lane j of one integer X. Modulo
+    # (2**64 - 1)**2, 2**(64*h) is congruent to 1 + h * (2**64 - 1), so X is
+    # congruent to sum(t) + sum(j * t[j]) * (2**64 - 1): both sums at once,
+    # with X folded in half repeatedly to keep the final division small.
+    spread = bytearray(8 * k)
+    spread[::8] = bytes(data).translate(_XOR80)
+    x = int.from_bytes(spread, "little")
+    lanes = k
+    while lanes > 16:
+        half = lanes >> 1
+        x = (x & ((1 << (64 * half)) - 1)) + (x >> (64 * half)) * (1 + half * _LANE)
+        lanes = max(half, lanes - half + 3)
+    weighted, total = divmod(x % _LANE2, _LANE)
+    return total - 128 * k, k * total - weighted - 64 * k * (k + 1)
 
 
 def _checksum1_py(buf):
-    signed = _byte_view(buf).cast("b")
+    view = _byte_view(buf)
     s1 = s2 = 0
-    for pos in range(0, len(signed), _SEGMENT):
-        part = signed[pos:pos + _SEGMENT]
+    for pos in range(0, len(view), _PIECE):
+        part = view[pos:pos + _PIECE]
         p1, p2 = _weak_sums(part)
         s2 = (s2 + len(part) * s1 + p2) & 0xFFFF
         s1 = (s1 + p1) & 0xFFFF
@@ -65,10 +92,10 @@ def _checksum1_py(buf):
 def _block_checksum1s_py(buf, blength):
     if blength <= 0:
         raise ValueError("blength must be positive")
-    signed = _byte_view(buf).cast("b")
+    view = _byte_view(buf)
     out = array.array("I")
-    for pos in range(0, len(signed), blength):
-        s1, s2 = _weak_sums(signed[pos:pos + blength])
+    for pos in range(0, len(view), blength):
+        s1, s2 = _weak_sums(view[pos:pos + blength])
         out.append((s1 & 0xFFFF) | ((s2 & 0xFFFF) << 16))
     return out
 
@@ -289,7 +316,7 @@ def _match_py(table, buf, length, strong, inplace=False):
     end = length + 1 - lastlen
     last_match = offset = 0
     k = min(bl, length)
-    s1, s2 = _weak_sums(signed[:k])
+    s1, s2 = _weak_sums(view[:k])
     segment = 1
     while offset < end:
         if offset - last_match >= FLUSH:
@@ -341,7 +368,7 @@ def _match_py(table, buf, length, strong, inplace=False):
             yield last_match, offset - last_match, i
             offset = last_match = offset + table.block_len(i)
             k = max(0, min(bl, length - offset))
-            s1, s2 = _weak_sums(signed[offset:offset + k])
+            s1, s2 = _weak_sums(view[offset:offset + k])
             segment = 1
     yield last_match, length - last_match, -1
 

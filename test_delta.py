@@ -178,6 +178,15 @@ def test_checksum1_large_buffer_wraps_like_rsync(impl):
     assert checksum1(memoryview(data)[1:-1]) == checksum1_reference(data[1:-1])
 
 
+def test_pure_weak_sums_are_exact():
+    rng = random.Random(15)
+    for n in (0, 1, 255, 256, 257, 1000, 16384, 16385, 131072):
+        for data in (rng.randbytes(n), b"\x80" * n, b"\x7f" * n):
+            signed = [b - 256 if b > 127 else b for b in data]
+            s2 = sum((n - j) * b for j, b in enumerate(signed))
+            assert rsync_delta._weak_sums(memoryview(data)) == (sum(signed), s2)
+
+
 def test_block_checksum1s(impl):
     _, block_checksum1s, _ = impl
     rng = random.Random(4)
