@@ -209,6 +209,7 @@ def make_tree(root, big_size=64 << 20, devices=IS_ROOT):
     write("foo/bar/baz", b"baz\n")
     write("foo.txt", b"foo\n")
     write("build/out.o", b"o\n")
+    write("a/.rsync-filter", b"- *.o\n+ b/\n")
     write("medium.bin", rnd.randbytes(600_000))
     os.makedirs(os.path.join(root, "emptydir"))
     os.makedirs(os.path.join(root, "a/emptysub"))
@@ -227,8 +228,10 @@ def make_tree(root, big_size=64 << 20, devices=IS_ROOT):
     os.link(os.path.join(root, "foo.txt"), os.path.join(root, "hardlink-to-foo"))
     os.link(os.path.join(root, "foo.txt"), os.path.join(root, "a/hardlink2"))
     os.mkfifo(os.path.join(root, "fifo"))
+    os.utime(os.path.join(root, "fifo"), ns=(MTIME * 10**9, MTIME * 10**9 + 5))
     if devices:
         os.mknod(os.path.join(root, "nulldev"), stat.S_IFCHR | 0o644, os.makedev(1, 3))
+        os.utime(os.path.join(root, "nulldev"), ns=(MTIME * 10**9, MTIME * 10**9 + 7))
     if IS_ROOT:
         os.chown(os.path.join(root, "private"), 1, 1)
         os.lchown(os.path.join(root, "rel-link"), 2, 2)
@@ -297,3 +300,67 @@ def src_tree(tmp_path_factory):
     """The standard source tree, generated once per test session."""
     base = tmp_path_factory.mktemp("src")
     return make_tree(str(base / "tree"), big_size=int(os.environ.get("GOKR_TEST_BIG", 64 << 20)))
+
+
+# ----------------------------------------------------------------------------
+# A throwaway OpenSSH server on loopback, for remote-shell transports.
+
+SSHD = "/usr/sbin/sshd"
+
+
+class SSHServer:
+    """sshd on an ephemeral loopback port, admitting one generated key for
+    the current user; `rsh` is the -e value that reaches it."""
+
+    def __init__(self, tmp):
+        d = os.path.join(tmp, "ssh")
+        os.makedirs(d, exist_ok=True)
+        os.chmod(d, 0o700)
+        self.hostkey = os.path.join(d, "host_ed25519")
+        self.clientkey = os.path.join(d, "client_ed25519")
+        for k in (self.hostkey, self.clientkey):
+            if not os.path.exists(k):
+                subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", k], check=True)
+        self.authorized = os.path.join(d, "authorized_keys")
+        with open(self.clientkey + ".pub") as src, open(self.authorized, "w") as dst:
+            dst.write(src.read())
+        os.chmod(self.authorized, 0o600)
+        os.makedirs("/run/sshd", exist_ok=True)
+        self.log = os.path.join(d, "sshd.log")
+        for _ in range(5):
+            self.port = free_port()
+            self.proc = subprocess.Popen(
+                [SSHD, "-D", "-e", "-p", str(self.port), "-o", "ListenAddress=127.0.0.1",
+                 "-h", self.hostkey, "-o", "AuthorizedKeysFile=" + self.authorized,
+                 "-o", "PermitRootLogin=prohibit-password", "-o", "StrictModes=no",
+                 "-o", "UsePAM=no", "-o", "PidFile=none", "-o", "PasswordAuthentication=no",
+                 "-o", "SetEnv=PYTHONDONTWRITEBYTECODE=1"],
+                stdout=subprocess.DEVNULL, stderr=open(self.log, "w"))
+            try:
+                wait_port(self.port, self.proc)
+                break
+            except RuntimeError:
+                stop(self.proc)
+        else:
+            raise RuntimeError("sshd did not start")
+        self.rsh = ("ssh -p %d -i %s -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+                    "-o LogLevel=ERROR -o BatchMode=yes" % (self.port, self.clientkey))
+
+    def stop(self):
+        stop(self.proc)
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    need(os.path.exists(SSHD) and shutil.which("ssh-keygen") and shutil.which("ssh"), "OpenSSH server and client")
+    s = SSHServer(str(tmp_path_factory.mktemp("sshd")))
+    yield s
+    s.stop()
+
+
+def client_cmd():
+    return [sys.executable, os.path.join(HERE, "client.py")]
+
+
+def daemon_cmd():
+    return [sys.executable, os.path.join(HERE, "daemon.py")]

@@ -128,6 +128,10 @@ FILTERS = [
     ["--filter=- /a/b/c", "--filter=+ a/***", "--filter=- *"],
     ["--exclude=[a-f]*", "--include=*"],
     ["--exclude=*.bin", "--exclude=?ifo"],
+    ["-F"],
+    ["-FF", "--exclude=*.bin"],
+    ["-C"],
+    ["--filter=dir-merge .rsync-filter", "--exclude=big*"],
 ]
 
 
