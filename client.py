@@ -685,7 +685,7 @@ def connect_daemon(opts, src, out):
         proc = None
     raw = rsync.RawIn(t)
     ours = min(opts.protocol or rsync.PROTOCOL_VERSION, rsync.PROTOCOL_VERSION)
-    t.sendv([b"@RSYNCD: %d.0 sha512 sha256 sha1 md5 md4\n" % ours])
+    t.sendv([b"@RSYNCD: %d.0 %s\n" % (ours, " ".join(auth_digests()).encode())])
     line = raw.read_line(1024).rstrip(b"\r").decode("utf-8", "replace")
     if not line.startswith("@RSYNCD: "):
         raise rsync.RsyncError('server sent "%s" rather than greeting' % line, rsync.RERR_STARTCLIENT)
@@ -740,10 +740,13 @@ def auth_response(opts, src, challenge, digests, protocol):
     else:
         import getpass
         password = getpass.getpass("Password: ").encode()
-    for name in ("sha512", "sha256", "sha1", "md5", "md4"):
+    for name in auth_digests():
         if name in digests:
             break
     else:
+        if digests:
+            raise rsync.RsyncError("no daemon-auth digest in common with the server (it offers: %s)"
+                                   % " ".join(digests), rsync.RERR_UNSUPPORTED)
         name = "md5" if protocol >= 30 else "md4_old"
     data = password + challenge.encode()
     if name == "md4_old":
@@ -755,6 +758,20 @@ def auth_response(opts, src, challenge, digests, protocol):
     else:
         h = hashlib.new(name, data)
     return "%s %s" % (user, base64.b64encode(h.digest()).decode().rstrip("="))
+
+
+AUTH_DIGESTS = ("sha512", "sha256", "sha1", "md5", "md4")
+
+
+def auth_digests():
+    """The daemon-auth digests we offer, strongest first; RSYNC_AUTH_DIGESTS
+    (a space-separated subset) narrows them, e.g. to talk to old daemons."""
+    env = os.environ.get("RSYNC_AUTH_DIGESTS")
+    if env:
+        names = [n for n in env.split() if n in AUTH_DIGESTS]
+        if names:
+            return names
+    return list(AUTH_DIGESTS)
 
 
 def send_daemon_args(conn, protocol, args):
@@ -1123,6 +1140,12 @@ def main(argv=None):
     except KeyboardInterrupt:
         sys.stderr.write("\nrsync error: received SIGINT, SIGTERM, or SIGHUP (code 20) at %s\n" % PROG)
         return rsync.RERR_SIGNAL
+    except Exception:
+        import traceback
+        traceback.print_exc()
+        sys.stderr.write("rsync error: internal error in %s %s (code %d)\n" % (PROG, rsync.VERSION,
+                                                                                rsync.RERR_STREAMIO))
+        return rsync.RERR_STREAMIO
 
 
 def run(opts, args, out):

@@ -2838,26 +2838,39 @@ def _tmpname(name):
 class DestTree:
     """The destination, opened by descriptor: every directory is entered
     one component at a time with O_NOFOLLOW, so nothing is ever written
-    through a symlink, whatever the sender or a local race puts there."""
+    through a symlink, whatever the sender or a local race puts there.
+    Each thread keeps its own last directory open."""
 
     def __init__(self, rootfd):
         self.rootfd = rootfd
-        self.cache_parts = None
-        self.cache_fd = -1
+        self._local = threading.local()
+        self._all = []
+        self._lock = threading.Lock()
+
+    def _cache(self):
+        c = getattr(self._local, "c", None)
+        if c is None:
+            c = self._local.c = [None, -1]
+            with self._lock:
+                self._all.append(c)
+        return c
 
     def dir(self, parts):
         parts = tuple(parts)
-        if parts == self.cache_parts:
-            return self.cache_fd
+        c = self._cache()
+        if parts == c[0]:
+            return c[1]
         fd = open_dir_beneath(self.rootfd, parts)
-        self.invalidate()
-        self.cache_parts, self.cache_fd = parts, fd
+        if c[1] >= 0:
+            os.close(c[1])
+        c[0], c[1] = parts, fd
         return fd
 
     def invalidate(self):
-        if self.cache_fd >= 0:
-            os.close(self.cache_fd)
-        self.cache_parts, self.cache_fd = None, -1
+        c = self._cache()
+        if c[1] >= 0:
+            os.close(c[1])
+        c[0], c[1] = None, -1
 
     def split(self, name):
         """(parent parts, leaf) of a relative wire name."""
@@ -2878,7 +2891,11 @@ class DestTree:
             return None
 
     def close(self):
-        self.invalidate()
+        with self._lock:
+            for c in self._all:
+                if c[1] >= 0:
+                    os.close(c[1])
+                c[0], c[1] = None, -1
 
 
 class ReceiverError(RsyncError):
@@ -3436,8 +3453,9 @@ class Receiver:
             self._set_attrs(e, name, st)
 
     def _finish_hardlinks(self):
-        """Links each follower to its group's first member once that exists."""
-        for e in self.followers:
+        """Links each follower to its group's transferred member (the last in
+        list order), walking each group backwards as rsync does."""
+        for e in sorted(self.followers, key=lambda f: (self.leaders[f.ndx].ndx, -f.ndx)):
             leader = self.leaders[e.ndx]
             name, lname = self.target(e), self.target(leader)
             st = self.tree.lstat(name)
@@ -3553,6 +3571,10 @@ class Receiver:
             self.to_gen.put(("done",))
             if self.sess.protocol >= 31:
                 ndx = self.sess.inp.ndx()
+                while ndx == NDX_DEL_STATS:
+                    for _ in range(5):
+                        self.sess.inp.varint()
+                    ndx = self.sess.inp.ndx()
                 if ndx != NDX_DONE:
                     raise ProtocolError("Invalid packet at end of run (%d)" % ndx, RERR_PROTOCOL)
                 self._pop_expected(NDX_DONE)
@@ -3689,6 +3711,7 @@ class Receiver:
                         continue
             offset = 0
             bview = memoryview(basis_mm) if basis_mm is not None else None
+            chunk = None
             try:
                 while True:
                     t = inp.int32()
@@ -3725,6 +3748,7 @@ class Receiver:
                     if self.progress:
                         self.progress(e, offset)
             finally:
+                chunk = None
                 if bview is not None:
                     bview.release()
             digest = inp.read(sess.checksums.xfer_len)

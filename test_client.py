@@ -1,0 +1,436 @@
+"""gokr-rsync against stock rsync servers (daemon, remote shell, daemon over
+a remote shell) and against a scripted hostile server."""
+
+import os
+import re
+import socket
+import stat
+import struct
+import subprocess
+import threading
+
+import pytest
+
+import rsync
+from conftest import (IS_ROOT, client_cmd, daemon_cmd, diff_snapshots, run, snapshot)
+
+PROTOCOLS = [27, 28, 29, 30, 31, 32]
+
+
+def ours(*args, check=True, env=None, input=None):
+    e = dict(os.environ)
+    if env:
+        e.update(env)
+    p = subprocess.run(client_cmd() + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       timeout=300, env=e, input=input)
+    if check and p.returncode != 0:
+        raise AssertionError("gokr-rsync %s exited %d\n%s\n%s" % (
+            " ".join(args), p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")))
+    return p
+
+
+def stats(text):
+    def num(label):
+        m = re.search(label + r": ([\d,]+)", text)
+        return int(m.group(1).replace(",", "")) if m else None
+    return {"literal": num("Literal data"), "matched": num("Matched data"),
+            "files": num("Number of regular files transferred")}
+
+
+@pytest.fixture
+def stock350(src_tree, stock_daemon_factory, rsync_bin):
+    return stock_daemon_factory(rsync_bin, {"m": src_tree})
+
+
+@pytest.fixture
+def stock327(src_tree, stock_daemon_factory, rsync327_bin):
+    return stock_daemon_factory(rsync327_bin, {"m": src_tree})
+
+
+CASES = [("3.5.0", p, ("-a",)) for p in PROTOCOLS] + [("3.2.7", 32, ("-a",)), ("3.2.7", 30, ("-a",))]
+if IS_ROOT:
+    CASES += [("3.5.0", p, ("-aHD", "--numeric-ids")) for p in (27, 29, 31, 32)]
+    CASES += [("3.5.0", 32, ("-aHD",)), ("3.2.7", 32, ("-aHD",))]
+
+
+@pytest.mark.parametrize("version,protocol,flags", CASES,
+                         ids=["%s-p%d-%s" % (v, p, "".join(f)) for v, p, f in CASES])
+def test_pull_from_stock_daemon(request, tmp_path, rsync_bin, src_tree, version, protocol, flags):
+    """Our client and the stock client pull the same tree from the same stock
+    daemon; the results are identical and the data is the source's."""
+    daemon = request.getfixturevalue("stock350" if version == "3.5.0" else "stock327")
+    a, b = str(tmp_path / "ours"), str(tmp_path / "stock")
+    proto = ["--protocol=%d" % protocol] if protocol != 32 else []
+    ours(*flags, *proto, daemon.url + "/m/", a + "/")
+    run([rsync_bin, *flags, *proto, daemon.url + "/m/", b + "/"])
+    ns = protocol >= 31
+    sa, sb = snapshot(a, ns=ns), snapshot(b, ns=ns)
+    assert sa == sb, diff_snapshots(sa, sb)
+    src = snapshot(src_tree, ns=ns)
+    for rel, desc in sa.items():
+        if isinstance(desc, dict) and "sha256" in desc:
+            assert desc["sha256"] == src[rel]["sha256"], rel
+    if "H" in "".join(flags):
+        assert sa["<hardlinks>"] == src["<hardlinks>"] and sa["<hardlinks>"]
+
+
+def test_second_pull_and_delta(stock350, tmp_path, src_tree):
+    dst = str(tmp_path / "d")
+    ours("-a", stock350.url + "/m/", dst + "/")
+    again = stats(ours("-a", "--stats", stock350.url + "/m/", dst + "/").stdout.decode())
+    assert again["files"] == 0 and again["literal"] == 0, again
+    big = os.path.join(dst, "big.bin")
+    size = os.path.getsize(big)
+    changed = 0
+    with open(big, "r+b") as f:
+        for i in range(16):
+            f.seek(size // 17 * (i + 1))
+            f.write(os.urandom(4096))
+            changed += 4096
+    s = stats(ours("-a", "--stats", "--no-whole-file", "-I", stock350.url + "/m/big.bin", big).stdout.decode())
+    assert changed <= s["literal"] <= changed + 16 * 2 * 8192, s
+    assert s["matched"] >= size - changed - 16 * 2 * 8192
+    assert snapshot(big) == snapshot(os.path.join(src_tree, "big.bin"))
+    log = open(stock350.log).read()
+    assert "sent" in log
+
+
+def mask(text):
+    """Drops what legitimately differs between two runs: timings, rates,
+    byte counts of the conversation."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith(("File list generation time", "File list transfer time", "Total bytes sent",
+                            "Total bytes received", "sent ", "total size is", "receiving ")):
+            line = line.split(":")[0] if ":" in line else line.split(" ")[0]
+        out.append(line)
+    return out
+
+
+@pytest.mark.parametrize("flags", [("-av", "--stats"), ("-aiv",), ("-avH", "--stats", "--delete")])
+def test_output_matches_stock_client(stock350, tmp_path, rsync_bin, flags):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    for d in (a, b):
+        os.makedirs(d)
+        with open(os.path.join(d, "stale"), "w") as f:
+            f.write("to delete")
+    pa = ours(*flags, stock350.url + "/m/", a + "/").stdout.decode()
+    pb = run([rsync_bin, *flags, "--no-inc-recursive", stock350.url + "/m/", b + "/"]).stdout.decode()
+    pa, pb = pa.replace(a, "DEST"), pb.replace(b, "DEST")
+    assert mask(pa) == mask(pb), "ours:\n%s\nstock:\n%s" % (pa, pb)
+
+
+def test_multiple_sources_and_single_file(stock350, tmp_path, rsync_bin):
+    a, b = tmp_path / "a", tmp_path / "b"
+    ours("-a", stock350.url + "/m/foo.txt", stock350.url + "/m/a", str(a) + "/")
+    run([rsync_bin, "-a", stock350.url + "/m/foo.txt", stock350.url + "/m/a", str(b) + "/"])
+    sa, sb = snapshot(str(a)), snapshot(str(b))
+    del sa["."], sb["."]
+    assert sa == sb
+    ours("-a", stock350.url + "/m/foo.txt", str(tmp_path / "renamed.txt"))
+    assert (tmp_path / "renamed.txt").read_bytes() == b"foo\n"
+
+
+def test_module_listing_and_errors(stock350, tmp_path):
+    out = ours(stock350.url + "/").stdout.decode()
+    assert out.split()[0] == "m"
+    p = ours("-a", stock350.url + "/nope/", str(tmp_path / "x"), check=False)
+    assert p.returncode == 5 and b"Unknown module" in p.stderr
+    p = ours("-a", stock350.url + "/m/missing-file", str(tmp_path / "y"), check=False)
+    assert p.returncode == 23 and b"missing-file" in p.stderr
+    p = ours("--frobnicate", stock350.url + "/m/", str(tmp_path), check=False)
+    assert p.returncode == 1 and b"--frobnicate: unknown option" in p.stderr
+    p = ours("-a", "rsync://127.0.0.1:1/m/", str(tmp_path), check=False)
+    assert p.returncode == 10
+    assert ours("--version").stdout.startswith(b"gokr-rsync version")
+    assert b"--dry-run" in ours("--help").stdout
+
+
+def test_dry_run_and_delete(stock350, tmp_path, src_tree):
+    dst = tmp_path / "d"
+    dst.mkdir()
+    (dst / "extra").write_text("x")
+    (dst / "extradir").mkdir()
+    (dst / "extradir" / "f").write_text("y")
+    out = ours("-avn", "--delete", stock350.url + "/m/", str(dst) + "/").stdout.decode()
+    assert "deleting extra" in out and "big.bin" in out
+    assert sorted(os.listdir(dst)) == ["extra", "extradir"]
+    ours("-aH", "--delete", "--exclude=keep*", stock350.url + "/m/", str(dst) + "/")
+    (dst / "keep.me").write_text("k")
+    ours("-aH", "--delete", "--exclude=keep*", stock350.url + "/m/", str(dst) + "/")
+    assert (dst / "keep.me").exists() and not (dst / "extra").exists()
+    s = snapshot(str(dst))
+    del s["keep.me"]
+    assert s == snapshot(src_tree)
+
+
+def test_checksum_choices_and_c(stock350, tmp_path):
+    for choice in ("xxh128", "xxh3", "xxh64", "md5", "md4", "sha1"):
+        dst = tmp_path / choice
+        ours("-a", "--checksum-choice=" + choice, stock350.url + "/m/a/", str(dst) + "/")
+        target = dst / "x.c"
+        st = os.stat(target)
+        target.write_bytes(b"int MAIN\n")
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+        out = ours("-ac", "--stats", "--checksum-choice=" + choice, stock350.url + "/m/a/", str(dst) + "/")
+        assert stats(out.stdout.decode())["files"] == 1
+        assert target.read_bytes() == b"int main;\n"
+
+
+def test_auth(stock_daemon_factory, rsync_bin, src_tree, tmp_path):
+    secrets = tmp_path / "secrets"
+    secrets.write_text("joe:s3cret\n")
+    os.chmod(secrets, 0o600)
+    d = stock_daemon_factory(rsync_bin, {"m": src_tree},
+                             extra_conf="auth users = joe\nsecrets file = %s\nstrict modes = no" % secrets)
+    pw = tmp_path / "pw"
+    pw.write_text("s3cret\n")
+    os.chmod(pw, 0o600)
+    for digests in ("md5", "sha512", None):
+        env = {"RSYNC_PASSWORD": "s3cret"}
+        if digests:
+            env["RSYNC_AUTH_DIGESTS"] = digests
+        url = "rsync://joe@127.0.0.1:%d/m/foo.txt" % d.port
+        ours(url, str(tmp_path / ("ok-%s" % digests)), env=env)
+        assert (tmp_path / ("ok-%s" % digests)).read_text() == "foo\n"
+        env["RSYNC_PASSWORD"] = "wrong"
+        p = ours(url, str(tmp_path / "bad"), env=env, check=False)
+        assert p.returncode == 5 and b"auth failed" in p.stderr
+    env = {"RSYNC_PASSWORD": "wrong"}
+    ours("--password-file=%s" % pw, "rsync://joe@127.0.0.1:%d/m/foo.txt" % d.port, str(tmp_path / "pwfile"),
+         env=env)
+
+
+def test_over_ssh_from_stock_server(sshd, tmp_path, src_tree, rsync_bin):
+    dst = tmp_path / "d"
+    ours("-a", "-e", sshd.rsh, "--rsync-path=%s" % rsync_bin, "root@127.0.0.1:%s/" % src_tree, str(dst) + "/")
+    ref = tmp_path / "ref"
+    run([rsync_bin, "-a", "-e", sshd.rsh, "root@127.0.0.1:%s/" % src_tree, str(ref) + "/"])
+    assert snapshot(str(dst)) == snapshot(str(ref))
+    conf = tmp_path / "rsyncd.conf"
+    conf.write_text("use chroot = no\nuid = root\ngid = root\n[m]\npath = %s\n" % src_tree)
+    dd = tmp_path / "dd"
+    ours("-a", "-e", sshd.rsh, "--rsync-path=%s --config=%s" % (rsync_bin, conf),
+         "rsync://root@127.0.0.1/m/", str(dd) + "/")
+    assert snapshot(str(dd)) == snapshot(str(ref))
+
+
+def test_over_ssh_from_our_server(sshd, tmp_path, src_tree):
+    dst = tmp_path / "d"
+    ours("-aH", "-e", sshd.rsh, "--rsync-path=%s" % " ".join(daemon_cmd()),
+         "root@127.0.0.1:%s/" % src_tree, str(dst) + "/")
+    assert snapshot(str(dst)) == snapshot(src_tree)
+
+
+def test_from_our_daemon(our_daemon_factory, tmp_path, src_tree):
+    d = our_daemon_factory({"m": src_tree})
+    for p in (27, 30, 32):
+        dst = tmp_path / str(p)
+        ours("-aH", "--protocol=%d" % p, d.url + "/m/", str(dst) + "/")
+        assert snapshot(str(dst), ns=p >= 31) == snapshot(src_tree, ns=p >= 31)
+
+
+# ----------------------------------------------------------------------------
+# A hostile server
+
+
+class FakeServer:
+    """A scripted rsync daemon on loopback: it greets, accepts the module and
+    the arguments, sets up the session, and then runs `script(sess)`."""
+
+    def __init__(self, script):
+        self.script = script
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1)
+        self.port = self.sock.getsockname()[1]
+        self.error = None
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        conn, _ = self.sock.accept()
+        t = rsync.SocketTransport(conn, timeout=20)
+        try:
+            raw = rsync.RawIn(t)
+            t.sendv([b"@RSYNCD: 32.0 md5\n"])
+            raw.read_line()
+            raw.read_line()
+            t.sendv([b"@RSYNCD: OK\n"])
+            args = []
+            while True:
+                a = raw.read_line(eol=b"\0")
+                if not a:
+                    break
+                args.append(a.decode())
+            opts, paths = rsync.parse_server_args(args)
+            sess = rsync.Session(t, opts, am_server=True, am_sender=True, raw=raw)
+            sess.set_protocol(32)
+            sess.setup_protocol()
+            sess.start_mux_out()
+            sess.start_mux_in()
+            rsync.recv_filter_rules(sess)
+            self.script(sess)
+            sess.out.flush()
+            try:
+                while raw.transport.recv(65536):
+                    pass
+            except rsync.RsyncError:
+                pass
+        except Exception as e:  # the client hanging up is the expected outcome
+            self.error = e
+        finally:
+            t.close()
+
+
+def send_list(sess, entries):
+    enc = rsync.FlistEncoder(sess.out, sess.opts, sess.protocol, sess.xfer_flags_as_varint,
+                             sess.checksums.file_len)
+    for i, e in enumerate(entries):
+        enc.send(e, i)
+    enc.end(0, True)
+    enc.send_id_lists(sess.id0_names)
+    sess.out.flush()
+
+
+def reg(name, data=b"x"):
+    e = rsync.FileEntry(name, stat.S_IFREG | 0o644, len(data), 1_700_000_000)
+    return e
+
+
+def top():
+    e = rsync.FileEntry(b".", stat.S_IFDIR | 0o755, 0, 1_700_000_000)
+    e.flags = rsync.FLAG_TOP_DIR | rsync.FLAG_CONTENT_DIR
+    return e
+
+
+def link(name, target):
+    e = rsync.FileEntry(name, stat.S_IFLNK | 0o777, len(target), 1_700_000_000)
+    e.link = target
+    return e
+
+
+@pytest.fixture
+def arena(tmp_path):
+    """A destination inside a directory whose other contents must never change."""
+    root = tmp_path / "arena"
+    root.mkdir()
+    (root / "outside").mkdir()
+    (root / "outside" / "keep").write_text("untouched")
+    return root
+
+
+def arena_unchanged(root):
+    names = sorted(os.listdir(root))
+    return [n for n in names if n not in ("dst", "outside")] == [] and \
+        sorted(os.listdir(root / "outside")) == ["keep"] and \
+        (root / "outside" / "keep").read_text() == "untouched"
+
+
+@pytest.mark.parametrize("entries", [
+    [top(), reg(b"../escape")],
+    [top(), reg(b"sub/../../escape")],
+    [top(), reg(b"/etc/escape")],
+], ids=["dotdot", "inner-dotdot", "absolute"])
+def test_hostile_names(arena, entries):
+    srv = FakeServer(lambda sess: send_list(sess, entries))
+    p = ours("-a", "rsync://127.0.0.1:%d/m/" % srv.port, str(arena / "dst") + "/", check=False)
+    assert p.returncode in (2, 4, 12), p.stderr
+    assert arena_unchanged(arena)
+    assert not os.path.exists("/etc/escape")
+
+
+def test_hostile_unrequested_name(arena):
+    srv = FakeServer(lambda sess: send_list(sess, [reg(b"other")]))
+    p = ours("-a", "rsync://127.0.0.1:%d/m/wanted" % srv.port, str(arena / "dst") + "/", check=False)
+    assert p.returncode != 0 and b"unrequested" in p.stderr
+    assert arena_unchanged(arena)
+
+
+def test_hostile_excluded_name(arena):
+    srv = FakeServer(lambda sess: send_list(sess, [top(), reg(b"secret.key")]))
+    p = ours("-a", "--exclude=*.key", "rsync://127.0.0.1:%d/m/" % srv.port, str(arena / "dst") + "/",
+             check=False)
+    assert p.returncode != 0 and b"excluded" in p.stderr
+    assert arena_unchanged(arena)
+
+
+def answer_requests(sess, n, reply):
+    """Reads the generator's requests and answers the first with `reply`."""
+    inp = sess.inp
+    while True:
+        ndx = inp.ndx()
+        if ndx == rsync.NDX_DONE:
+            continue
+        iflags = inp.shortint()
+        if iflags & rsync.ITEM_TRANSFER:
+            head = sess.read_sum_head()
+            if head[0]:
+                sess.read_sums(head[0], head[2])
+            reply(sess, ndx, iflags, head)
+            sess.out.flush()
+            return
+        sess.write_ndx_and_attrs(ndx, iflags)
+        sess.out.flush()
+
+
+def test_hostile_symlink_then_file_through_it(arena):
+    target = str(arena / "outside").encode()
+
+    def script(sess):
+        send_list(sess, [top(), link(b"ln", target), reg(b"ln/keep", b"overwritten")])
+
+        def reply(sess, ndx, iflags, head):
+            sess.write_ndx_and_attrs(ndx, iflags)
+            sess.write_sum_head(*head)
+            sess.out.int32(11)
+            sess.out.write(b"overwritten")
+            sess.out.int32(0)
+            h = sess.checksums.file_hasher()
+            h.update(b"overwritten")
+            sess.out.write(h.digest())
+        try:
+            answer_requests(sess, 3, reply)
+        except rsync.RsyncError:
+            pass
+    srv = FakeServer(script)
+    ours("-a", "rsync://127.0.0.1:%d/m/" % srv.port, str(arena / "dst") + "/", check=False)
+    assert arena_unchanged(arena)
+    assert (arena / "outside" / "keep").read_text() == "untouched"
+
+
+@pytest.mark.parametrize("attack", ["index", "literal", "block", "flags", "name-length"])
+def test_hostile_answers(arena, attack):
+    def reply(sess, ndx, iflags, head):
+        if attack == "index":
+            sess.write_ndx_and_attrs(ndx + 7, iflags)
+        elif attack == "flags":
+            sess.write_ndx_and_attrs(ndx, iflags | rsync.ITEM_BASIS_TYPE_FOLLOWS)
+            sess.out.byte(0)
+        else:
+            sess.write_ndx_and_attrs(ndx, iflags)
+            sess.write_sum_head(*head)
+            if attack == "literal":
+                sess.out.int32(1 << 30)
+            else:
+                sess.out.int32(-1000)
+
+    def script(sess):
+        if attack == "name-length":
+            sess.out.varint(rsync.XMIT_LONG_NAME)
+            sess.out.varint(1 << 20)
+            sess.out.flush()
+            return
+        send_list(sess, [top(), reg(b"f", b"data")])
+        try:
+            answer_requests(sess, 2, reply)
+        except rsync.RsyncError:
+            pass
+    srv = FakeServer(script)
+    p = ours("-a", "rsync://127.0.0.1:%d/m/" % srv.port, str(arena / "dst") + "/", check=False)
+    assert p.returncode in (2, 11, 12, 22), (p.returncode, p.stderr)
+    assert arena_unchanged(arena)
+    dst = arena / "dst"
+    if dst.exists():
+        assert not (dst / "f").exists()
+        assert not [n for n in os.listdir(dst) if n.startswith(".f.")], "temp file left behind"
