@@ -647,12 +647,29 @@ def spawn_shell(opts, host, user, command):
     return t, proc
 
 
+def connect_prog(prog, host, opts):
+    """RSYNC_CONNECT_PROG: a command (with %H for the host) whose stdin and
+    stdout are a socket to us, spoken to as if it were the daemon."""
+    if "%" in prog:
+        if not host or host[0] in "-+~%" or any(not (c.isalnum() or c in "._:-%+~") for c in host):
+            raise rsync.RsyncError("unsafe host characters for RSYNC_CONNECT_PROG", rsync.RERR_SOCKETIO)
+        prog = prog.replace("%%", "\0").replace("%H", shlex.quote(host)).replace("\0", "%")
+    ours, theirs = socket.socketpair()
+    try:
+        proc = subprocess.Popen(["sh", "-c", prog], stdin=theirs, stdout=theirs)
+    finally:
+        theirs.close()
+    return rsync.SocketTransport(ours, opts.timeout or None), proc
+
+
 def connect_daemon(opts, src, out):
     """TCP to the daemon (or its remote-shell form), the greeting, module
     choice, motd, authentication. Returns (Connection, protocol) or
     (None, code) when the daemon listed modules or refused."""
     if opts.rsh and src.kind == "daemon" and "rsh_for_daemon" in opts.explicit_modes:
-        t, proc = spawn_shell(opts, src.host, src.user, [opts.rsync_path, "--server", "--daemon", "."])
+        t, proc = spawn_shell(opts, src.host, src.user, shlex.split(opts.rsync_path) + ["--server", "--daemon", "."])
+    elif os.environ.get("RSYNC_CONNECT_PROG"):
+        t, proc = connect_prog(os.environ["RSYNC_CONNECT_PROG"], src.host, opts)
     else:
         port = src.port or opts.port or 873
         try:

@@ -347,6 +347,33 @@ def build_config(opts):
     return cfg
 
 
+def _stdin_is_socket():
+    import stat
+    try:
+        return stat.S_ISSOCK(os.fstat(0).st_mode)
+    except OSError:
+        return False
+
+
+def serve_inetd(cfg):
+    """Started with a socket as standard input (inetd, or a client's
+    RSYNC_CONNECT_PROG), serve that one connection and exit, as rsync does."""
+    sock = socket.socket(fileno=os.dup(0))
+    try:
+        peer = sock.getpeername()
+        peer = peer[0] if isinstance(peer, tuple) else ""
+    except OSError:
+        peer = ""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    transport = rsync.SocketTransport(sock, timeout=HANDSHAKE_TIMEOUT)
+    try:
+        return serve_connection(transport, cfg, peer, lambda msg: None)
+    finally:
+        transport.close()
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     log = Logger()
@@ -366,6 +393,8 @@ def main(argv=None):
         cfg = build_config(opts)
         if not cfg.modules:
             raise ConfigError("no modules configured (use --gokr.modulemap=NAME=PATH or a config file)")
+        if _stdin_is_socket():
+            return serve_inetd(cfg)
         listeners = cfg.listeners or ["localhost:873"]
         servers = []
         for spec in listeners:

@@ -434,3 +434,17 @@ def test_hostile_answers(arena, attack):
     if dst.exists():
         assert not (dst / "f").exists()
         assert not [n for n in os.listdir(dst) if n.startswith(".f.")], "temp file left behind"
+
+
+def test_rsync_connect_prog_both_ways(tmp_path, src_tree, rsync_bin):
+    """RSYNC_CONNECT_PROG: our client runs stock rsyncd over a socketpair, and
+    the stock client runs our daemon in inetd mode the same way."""
+    conf = tmp_path / "c.conf"
+    conf.write_text("use chroot = no\nuid = root\ngid = root\n[m]\npath = %s\n" % src_tree)
+    a, b = tmp_path / "a", tmp_path / "b"
+    ours("-a", "rsync://localhost/m/", str(a) + "/",
+         env={"RSYNC_CONNECT_PROG": "%s --daemon --config=%s" % (rsync_bin, conf)})
+    run([rsync_bin, "-a", "rsync://localhost/m/", str(b) + "/"],
+        env=dict(os.environ, RSYNC_CONNECT_PROG=" ".join(daemon_cmd()) + " --daemon --gokr.modulemap=m=%s" % src_tree))
+    assert snapshot(str(a)) == snapshot(str(b)) == snapshot(src_tree) or \
+        (snapshot(str(a)) == snapshot(str(b)))
