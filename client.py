@@ -335,6 +335,7 @@ class Output:
         self.xfr = 0
         self.nfiles = 0
         self.current = None
+        self.sending = False
 
     def write(self, text, err=False):
         f = self.stderr if err else self.stdout
@@ -367,7 +368,7 @@ class Output:
 
     def name_line(self, e, iflags, extra, receiver):
         opts = self.opts
-        name = receiver.target(e) if receiver.local_name is not None else e.name
+        name = receiver.target(e) if receiver is not None and receiver.local_name is not None else e.name
         shown = escape_name(name, opts.eight_bit)
         if e.is_dir() and not shown.endswith("/"):
             shown += "/"
@@ -378,7 +379,7 @@ class Output:
         if opts.out_format:
             return self.format_line(opts.out_format, e, iflags, shown)
         if opts.itemize:
-            return "%s %s" % (itemize_string(e, iflags, opts), shown)
+            return "%s %s" % (itemize_string(e, iflags, opts, sender=self.sending), shown)
         return shown
 
     def format_line(self, fmt, e, iflags, shown):
@@ -435,6 +436,13 @@ class Output:
                 self.progress_done(e)
             else:
                 self.info(self.name_line(e, iflags, extra, receiver))
+
+    def deleted(self, payload):
+        """MSG_DELETED from a receiving server: a name, NUL-ended for a directory."""
+        if not (self.opts.verbose or self.opts.itemize):
+            return
+        name = payload[:-1] + b"/" if payload.endswith(b"\0") else payload
+        self.event(None, "delete", None, 0, name)
 
     def progress(self, e, offset):
         if not self.opts.progress or self.opts.quiet:
@@ -544,6 +552,8 @@ def server_args(opts, sender_side=True):
     letters = ""
     if opts.verbose:
         letters += "v" * min(opts.verbose, 4)
+    if opts.update:
+        letters += "u"
     if opts.dry_run:
         letters += "n"
     if opts.links:
@@ -604,8 +614,45 @@ def server_args(opts, sender_side=True):
         args.append("--safe-links")
     if opts.bwlimit:
         args.append("--bwlimit=%s" % opts.bwlimit)
-    if opts.protocol < rsync.PROTOCOL_VERSION and opts.protocol:
-        pass
+    if not sender_side:
+        if opts.itemize:
+            args.append("--log-format=%i%I" if opts.itemize > 1 else "--log-format=%i")
+        elif opts.out_format:
+            args.append("--log-format=%o" if "%o" in opts.out_format else
+                        "--log-format=X" if not opts.verbose else "--log-format=%i")
+        if opts.max_delete is not None:
+            args.append("--max-delete=%d" % opts.max_delete if opts.max_delete > 0 else "--max-delete=-1")
+        if opts.min_size is not None:
+            args.append("--min-size=" + opts.min_size)
+        if opts.max_size is not None:
+            args.append("--max-size=" + opts.max_size)
+        mode = opts.delete_mode
+        if mode == "before":
+            args.append("--delete-before")
+        elif mode == "delay":
+            args.append("--delete-delay")
+        elif mode == "during":
+            args.append("--delete-during")
+        elif mode == "after":
+            args.append("--delete-after")
+        elif opts.delete and not opts.delete_excluded:
+            args.append("--delete")
+        if opts.delete_excluded:
+            args.append("--delete-excluded")
+        if opts.force:
+            args.append("--force")
+        if opts.size_only:
+            args.append("--size-only")
+        if opts.stats:
+            args.append("--stats")
+        if opts.ignore_existing:
+            args.append("--ignore-existing")
+        if opts.existing:
+            args.append("--existing")
+        if opts.partial:
+            args.append("--partial")
+        if opts.modify_window:
+            args.append("--modify-window=%d" % opts.modify_window)
     return args
 
 
@@ -834,17 +881,23 @@ class Pull:
         if opts.verbose and not opts.quiet and (opts.recurse or opts.dirs):
             out.write("receiving file list ... ")
             out.needs_newline = True
-        t0 = sess.raw.total
-        entries, unsorted, users, groups = self.recv_file_list(sess)
+        entries, unsorted, users, groups = rsync.recv_file_list(sess, self.check_requested)
         if opts.verbose and not opts.quiet and (opts.recurse or opts.dirs):
             out.needs_newline = False
             out.write("done\n")
-        sess.stats.flist_size = sess.raw.total - t0
-        self.count_files(sess.stats, entries)
+        count_files(sess.stats, entries)
         out.nfiles = len(entries)
         if not entries:
             return self.finish(start, None)
-        destfd, local_name = self.open_dest(entries)
+
+        def created(path):
+            if opts.verbose or opts.itemize:
+                out.info("created directory %s" % os.fsdecode(path))
+        cwd = os.open(".", rsync.O_DIR)
+        try:
+            destfd, local_name = rsync.open_destination(cwd, self.dest, entries, False, created)
+        finally:
+            os.close(cwd)
         receiver = rsync.Receiver(sess, entries, unsorted, destfd, local_name, self.filters,
                                   out=lambda kind, e, iflags, extra: out.event(receiver, kind, e, iflags, extra),
                                   progress=out.progress if opts.progress else None)
@@ -865,32 +918,6 @@ class Pull:
         if self.opts.cvs_exclude:
             self.filters.add_cvs_exclude(server=False, sender=False)
         return rules
-
-    def recv_file_list(self, sess):
-        opts = self.opts
-        dec = rsync.FlistDecoder(sess.inp, opts, sess.protocol, sess.xfer_flags_as_varint,
-                                 sess.checksums.file_len, sess.id0_names)
-        while True:
-            x = dec.read_flags()
-            if x is None:
-                break
-            e = dec.recv(x)
-            self.check_requested(e)
-        users, groups = ({}, {}) if opts.numeric_ids else dec.recv_id_lists()
-        io_error = dec.io_error
-        if sess.protocol < 30:
-            io_error |= sess.inp.int32()
-        sess.remote_io_error |= io_error
-        unsorted = list(dec.entries)
-        entries = list(dec.entries)
-        rsync.sort_file_list(entries, sess.protocol)
-        seen = set()
-        for e in entries:
-            if e.name in seen:
-                raise rsync.ProtocolError("duplicate name in file list: %s" % rsync._show(e.name),
-                                          rsync.RERR_PROTOCOL)
-            seen.add(e.name)
-        return entries, unsorted, users, groups
 
     def check_requested(self, e):
         """The server may only send what we asked for (CVE-2022-29154): names
@@ -914,45 +941,6 @@ class Pull:
             raise rsync.ProtocolError("ERROR: rejecting excluded file-list name: %s" % rsync._show(e.name),
                                       rsync.RERR_PROTOCOL)
 
-    def count_files(self, st, entries):
-        st.num_files = len(entries)
-        st.num_dirs = sum(1 for e in entries if e.is_dir())
-        st.num_symlinks = sum(1 for e in entries if e.is_link())
-        st.num_devices = sum(1 for e in entries if rsync._is_device(e.mode))
-        st.num_specials = sum(1 for e in entries if rsync._is_special(e.mode))
-        st.total_size = sum(e.size for e in entries if e.is_reg() or e.is_link())
-
-    def open_dest(self, entries):
-        """get_local_name: one non-directory into a non-directory name is
-        written under that name; otherwise the destination is a directory,
-        created if missing."""
-        dest = self.dest
-        destb = os.fsencode(dest)
-        try:
-            st = os.stat(destb)
-        except FileNotFoundError:
-            st = None
-        if st is not None and stat.S_ISDIR(st.st_mode):
-            return os.open(destb, rsync.O_DIR), None
-        solo = len(entries) == 1 and not entries[0].is_dir()
-        if st is not None:
-            if not solo:
-                raise rsync.RsyncError("ERROR: destination must be a directory when copying more than 1 file",
-                                       rsync.RERR_FILESELECT)
-        if solo and not destb.endswith(b"/"):
-            parent, _, leaf = destb.rstrip(b"/").rpartition(b"/")
-            fd = os.open(parent or b".", rsync.O_DIR)
-            return fd, leaf
-        try:
-            os.mkdir(destb, 0o777)
-        except OSError as e:
-            raise rsync.RsyncError('mkdir "%s" failed: %s' % (dest, rsync._errtext(e)), rsync.RERR_FILEIO) from None
-        if entries[0].name == b".":
-            entries[0].flags |= rsync.FLAG_DIR_CREATED
-        if self.opts.verbose or self.opts.itemize:
-            self.out.info("created directory %s" % (dest.rstrip("/") or "/"))
-        return os.open(destb, rsync.O_DIR), None
-
     def read_stats(self, sess):
         inp = sess.inp
         written = inp.varlong30(3)
@@ -964,64 +952,165 @@ class Pull:
         self.remote_stats = (written, read, total)
 
     def finish(self, start, receiver):
-        """Stats, the summary lines, and the exit code."""
-        opts, out, sess = self.opts, self.out, self.sess
-        st = sess.stats
-        total_read = sess.raw.total
-        total_written = sess.out.total
-        end = time.time()
-        if opts.stats:
-            h = opts.human_readable
-            out.info("")
-            created = receiver.created if receiver else {}
-            counts = [st.num_files, st.num_dirs, st.num_symlinks, st.num_devices, st.num_specials]
-            out.info(self.itemized("Number of files", counts))
-            if sess.protocol >= 29:
-                out.info(self.itemized("Number of created files",
-                                       [st.created_files,
-                                        created.get("dir", 0), created.get("link", 0),
-                                        created.get("dev", 0), created.get("special", 0)]))
-            if sess.protocol >= 31:
-                d = receiver.del_stats if receiver else [0] * 5
-                out.info(self.itemized("Number of deleted files",
-                                       [sum(d), d[1], d[2], d[3], d[4]]))
-            out.info("Number of regular files transferred: %s" % human_num(st.xferred_files, 1))
-            out.info("Total file size: %s bytes" % human_num(st.total_size, h))
-            out.info("Total transferred file size: %s bytes" % human_num(st.total_transferred_size, h))
-            out.info("Literal data: %s bytes" % human_num(st.literal_data, h))
-            out.info("Matched data: %s bytes" % human_num(st.matched_data, h))
-            out.info("File list size: %s" % human_num(st.flist_size, h))
-            if st.flist_buildtime:
-                out.info("File list generation time: %s seconds" % human_dnum(st.flist_buildtime / 1000, 1, 3))
-                out.info("File list transfer time: %s seconds" % human_dnum(st.flist_xfertime / 1000, 1, 3))
-            out.info("Total bytes sent: %s" % human_num(total_written, h))
-            out.info("Total bytes received: %s" % human_num(total_read, h))
-        if opts.verbose or opts.stats:
-            h = opts.human_readable
-            out.info("")
-            rate = (total_written + total_read) / (0.5 + (int(end) - int(start)))
-            out.info("sent %s bytes  received %s bytes  %s bytes/sec" % (
-                human_num(total_written, h), human_num(total_read, h), human_dnum(rate, h)))
-            speedup = st.total_size / (total_written + total_read) if total_written + total_read else 0
-            out.info("total size is %s  speedup is %s%s" % (
-                human_num(st.total_size, h), human_dnum(speedup, 1), " (DRY RUN)" if opts.dry_run else ""))
-        io_error = sess.remote_io_error | (receiver.io_error if receiver else 0)
-        if io_error & rsync.IOERR_GENERAL or out.got_xfer_error:
-            return rsync.RERR_PARTIAL
-        if io_error & rsync.IOERR_VANISHED:
-            return rsync.RERR_VANISHED
-        return 0
+        return summary(self.opts, self.out, self.sess, start,
+                       receiver.created if receiver else {},
+                       receiver.del_stats if receiver else [0] * 5,
+                       receiver.io_error if receiver else 0)
 
-    @staticmethod
-    def itemized(prefix, counts):
-        labels = ("reg", "dir", "link", "dev", "special")
-        total = counts[0]
-        text = "%s: %s" % (prefix, human_num(total, 1))
-        if total:
-            counts = [total - sum(counts[1:])] + list(counts[1:])
-            parts = ["%s: %s" % (l, human_num(c, 1)) for l, c in zip(labels, counts) if c]
-            text += " (" + ", ".join(parts) + ")"
-        return text
+
+def itemized(prefix, counts):
+    """output_itemized_counts: "N (reg: a, dir: b, ...)" without the zeros."""
+    labels = ("reg", "dir", "link", "dev", "special")
+    total = counts[0]
+    text = "%s: %s" % (prefix, human_num(total, 1))
+    if total:
+        counts = [total - sum(counts[1:])] + list(counts[1:])
+        parts = ["%s: %s" % (l, human_num(c, 1)) for l, c in zip(labels, counts) if c]
+        text += " (" + ", ".join(parts) + ")"
+    return text
+
+
+def summary(opts, out, sess, start, created, del_stats, local_io_error):
+    """--stats, the closing two lines, and the exit code of the transfer."""
+    st = sess.stats
+    total_read = sess.raw.total
+    total_written = sess.out.total
+    end = time.time()
+    h = opts.human_readable
+    if opts.stats:
+        out.info("")
+        out.info(itemized("Number of files", [st.num_files, st.num_dirs, st.num_symlinks,
+                                              st.num_devices, st.num_specials]))
+        if sess.protocol >= 29:
+            out.info(itemized("Number of created files",
+                              [st.created_files, created.get("dir", 0), created.get("link", 0),
+                               created.get("dev", 0), created.get("special", 0)]))
+        if sess.protocol >= 31:
+            d = del_stats
+            out.info(itemized("Number of deleted files", [sum(d), d[1], d[2], d[3], d[4]]))
+        out.info("Number of regular files transferred: %s" % human_num(st.xferred_files, 1))
+        out.info("Total file size: %s bytes" % human_num(st.total_size, h))
+        out.info("Total transferred file size: %s bytes" % human_num(st.total_transferred_size, h))
+        out.info("Literal data: %s bytes" % human_num(st.literal_data, h))
+        out.info("Matched data: %s bytes" % human_num(st.matched_data, h))
+        out.info("File list size: %s" % human_num(st.flist_size, h))
+        if st.flist_buildtime:
+            out.info("File list generation time: %s seconds" % human_dnum(st.flist_buildtime / 1000, 1, 3))
+            out.info("File list transfer time: %s seconds" % human_dnum(st.flist_xfertime / 1000, 1, 3))
+        out.info("Total bytes sent: %s" % human_num(total_written, h))
+        out.info("Total bytes received: %s" % human_num(total_read, h))
+    if opts.verbose or opts.stats:
+        out.info("")
+        rate = (total_written + total_read) / (0.5 + (int(end) - int(start)))
+        out.info("sent %s bytes  received %s bytes  %s bytes/sec" % (
+            human_num(total_written, h), human_num(total_read, h), human_dnum(rate, h)))
+        speedup = st.total_size / (total_written + total_read) if total_written + total_read else 0
+        out.info("total size is %s  speedup is %s%s" % (
+            human_num(st.total_size, h), human_dnum(speedup, 1), " (DRY RUN)" if opts.dry_run else ""))
+    io_error = sess.remote_io_error | local_io_error | sess.io_error
+    if io_error & rsync.IOERR_GENERAL or out.got_xfer_error:
+        return rsync.RERR_PARTIAL
+    if io_error & rsync.IOERR_VANISHED:
+        return rsync.RERR_VANISHED
+    return 0
+
+
+class Push:
+    """One upload: we send, the server (daemon or remote shell) receives."""
+
+    def __init__(self, opts, out, conn, protocol, sources, filters):
+        self.opts = opts
+        self.out = out
+        self.conn = conn
+        self.protocol = protocol
+        self.sources = sources
+        self.filters = filters
+
+    def run(self):
+        import rsync_filter
+        opts, out = self.opts, self.out
+        start = time.time()
+        sess = rsync.Session(self.conn.transport, opts, am_server=False, am_sender=True,
+                             raw=self.conn.raw, on_text=out.remote)
+        self.sess = sess
+        sess.on_deleted = out.deleted
+        out.sending = not getattr(self, "local", False)
+        if self.conn.remote_protocol is None:
+            sess.exchange_versions(self.protocol)
+        else:
+            sess.set_protocol(self.protocol)
+        sess.setup_protocol()
+        if sess.protocol >= 30:
+            sess.start_mux_out()
+        sess.start_mux_in()
+        if rsync_filter.filter_list_on_wire(client_is_sender=True, protocol=sess.protocol,
+                                            delete_mode=bool(opts.delete),
+                                            delete_excluded=opts.delete_excluded,
+                                            prune_empty_dirs=False):
+            rules = self.filters.encode(client_is_sender=True, cvs_exclude=opts.cvs_exclude,
+                                        protocol=sess.protocol) if self.filters is not None else []
+            rsync.send_filter_rules(sess, rules)
+        if self.filters is not None and opts.cvs_exclude:
+            self.filters.add_cvs_exclude(server=False, sender=True)
+        if opts.verbose and not opts.quiet:
+            out.write("building file list ... ")
+            out.needs_newline = True
+        t0 = time.monotonic()
+
+        def warn(tag, text):
+            if tag == rsync.MSG_INFO:
+                if opts.verbose:
+                    out.info(text)
+            else:
+                if tag == rsync.MSG_ERROR_XFER:
+                    out.got_xfer_error = True
+                out.error(text)
+        cwd = os.open(".", rsync.O_DIR)
+        builder = rsync.FileListBuilder(opts, sess.protocol, cwd, False, self.filters, warn,
+                                        sess.checksums.file_checksum if opts.checksum else None)
+        try:
+            for s in self.sources:
+                builder.add_arg(s.path)
+            entries = builder.finish()
+            if opts.verbose and not opts.quiet:
+                out.needs_newline = False
+                out.write("done\n")
+            count_files(sess.stats, entries)
+            sess.stats.flist_size = 0
+            out.nfiles = len(entries)
+            created = {}
+
+            def event(kind, e, iflags, extra):
+                if iflags & rsync.ITEM_IS_NEW and kind == "item":
+                    k = "dir" if e.is_dir() else "link" if e.is_link() else "dev" \
+                        if rsync._is_device(e.mode) else "special" if rsync._is_special(e.mode) else "reg"
+                    created[k] = created.get(k, 0) + 1
+                if kind == "item":
+                    significant = iflags & ~(rsync.ITEM_BASIS_TYPE_FOLLOWS | rsync.ITEM_XNAME_FOLLOWS
+                                             | rsync.ITEM_LOCAL_CHANGE)
+                    local = iflags & rsync.ITEM_LOCAL_CHANGE and significant
+                    if not (opts.itemize or local or extra or (e.is_dir() and significant)):
+                        return
+                out.event(None, kind, e, iflags, extra)
+            sender = rsync.Sender(sess, entries, warn, out=event)
+            sender.send_file_list(builder.io_error, int((time.monotonic() - t0) * 1000))
+            sess.stats.total_size = sum(e.size for e in entries if e.is_reg() or e.is_link())
+            if entries:
+                sender.send_files()
+                rsync.read_final_goodbye(sess, len(entries))
+        finally:
+            builder.close()
+            os.close(cwd)
+        return summary(opts, out, sess, start, created, sess.del_stats, builder.io_error)
+
+
+def count_files(st, entries):
+    st.num_files = len(entries)
+    st.num_dirs = sum(1 for e in entries if e.is_dir())
+    st.num_symlinks = sum(1 for e in entries if e.is_link())
+    st.num_devices = sum(1 for e in entries if rsync._is_device(e.mode))
+    st.num_specials = sum(1 for e in entries if rsync._is_special(e.mode))
+    st.total_size = sum(e.size for e in entries if e.is_reg() or e.is_link())
 
 
 def build_filters(opts, dest):
@@ -1171,57 +1260,100 @@ def run(opts, args, out):
         src = srcs[0]
         if src.kind == "daemon" and not src.module:
             return list_modules(opts, src, out)
-        if src.kind == "local":
-            raise Usage("a remote source is needed (local copies are not supported yet)")
-        dest = None
-        sources = [src]
+        raise Usage("a destination is needed (listing a remote directory is not supported yet)")
+    *sources, dest = srcs
+    remote_src = [s for s in sources if s.kind != "local"]
+    if remote_src and dest.kind != "local":
+        raise Usage("The source and destination cannot both be remote.")
+    if remote_src:
+        if len(remote_src) != len(sources):
+            raise Usage("all sources must be remote, or all local")
+        first = sources[0]
+        for s in sources[1:]:
+            if s.kind != first.kind or s.host != first.host or s.module != first.module:
+                raise Usage("all sources must come from the same host and module")
+        return transfer(opts, out, first, sources, dest.path, pushing=False)
+    if dest.kind == "local":
+        return local_copy(opts, out, sources, dest.path)
+    return transfer(opts, out, dest, sources, None, pushing=True)
+
+
+def transfer(opts, out, remote, sources, dest, pushing):
+    """Connects to `remote` (daemon, daemon over a remote shell, or a remote
+    shell running the server) and pulls `sources` into dest, or pushes them."""
+    filters = build_filters(opts, dest if not pushing else None)
+    opts.explicit_modes = {"rsh_for_daemon"} if opts.rsh and remote.kind == "daemon" else set()
+    if pushing:
+        paths = [remote.path]
     else:
-        *sources, destsrc = srcs
-        if destsrc.kind != "local":
-            raise Usage("uploads are not supported yet: the destination must be local")
-        dest = destsrc.path
-    first = sources[0]
-    for s in sources[1:]:
-        if s.kind == "local":
-            raise Usage("all sources must be on the same remote host")
-        if s.kind != first.kind or s.host != first.host or s.module != first.module:
-            raise Usage("all sources must come from the same host and module")
-    if dest is None:
-        opts.list_only = True
-        raise Usage("listing a remote directory needs a destination in this version")
-    filters = build_filters(opts, dest)
-    opts.explicit_modes = {"rsh_for_daemon"} if opts.rsh and first.kind == "daemon" else set()
-    paths = [s.path for s in sources]
-    if first.kind == "daemon":
-        conn, protocol = connect_daemon(opts, first, out)
+        paths = [s.path for s in sources]
+    if remote.kind == "daemon":
+        conn, protocol = connect_daemon(opts, remote, out)
         if conn is None:
             return protocol
         opts.protocol = protocol
-        args_ = server_args(opts) + ["."] + ["%s/%s" % (first.module, p) if p else first.module for p in paths]
-        send_daemon_args(conn, protocol, args_)
+        args = server_args(opts, sender_side=not pushing) + ["."] + \
+            ["%s/%s" % (remote.module, p) if p else remote.module for p in paths]
+        send_daemon_args(conn, protocol, args)
     else:
-        cmd = shlex.split(opts.rsync_path) + server_args(opts) + ["."] + [p or "." for p in paths]
-        t, proc = spawn_shell(opts, first.host, first.user, cmd)
+        cmd = shlex.split(opts.rsync_path) + server_args(opts, sender_side=not pushing) + ["."] + \
+            [p or "." for p in paths]
+        t, proc = spawn_shell(opts, remote.host, remote.user, cmd)
         conn = Connection(t, proc)
         protocol = opts.protocol or rsync.PROTOCOL_VERSION
-    pull = Pull(opts, out, conn, protocol, sources, dest, filters)
+    if pushing:
+        job = Push(opts, out, conn, protocol, sources, filters)
+    else:
+        job = Pull(opts, out, conn, protocol, sources, dest, filters)
     try:
-        code = pull.run()
+        code = job.run()
     except rsync.RemoteExit as e:
         code = e.code
-    except rsync.ConnectionClosed as e:
-        out.error("rsync: connection unexpectedly closed (%d bytes received so far) [Receiver]"
-                  % (pull.sess.raw.total if hasattr(pull, "sess") else 0))
+    except rsync.ConnectionClosed:
+        out.error("rsync: connection unexpectedly closed (%d bytes received so far) [%s]"
+                  % (job.sess.raw.total if hasattr(job, "sess") else 0, "sender" if pushing else "Receiver"))
         code = rsync.RERR_STREAMIO
         if conn.proc is not None:
             conn.transport.close()
             rc = conn.proc.wait()
-            if rc in (124, 125, 126, 127, 255):
-                code = rc if rc != 255 else rsync.RERR_STREAMIO
+            if rc in (124, 125, 126, 127):
+                code = rc
         return code
     finally:
         conn.close()
+    if conn.proc is not None and conn.proc.returncode and not code:
+        code = conn.proc.returncode if conn.proc.returncode < 128 else rsync.RERR_STREAMIO
     return code
+
+
+def local_copy(opts, out, sources, dest):
+    """A local copy runs both roles in this process: we send, and a server
+    thread receives, over a socket pair, as rsync forks a local server."""
+    import threading
+    a, b = socket.socketpair()
+    argv = server_args(opts, sender_side=False) + [".", dest]
+    result = {}
+
+    def serve():
+        t = rsync.SocketTransport(b)
+        try:
+            result["code"] = rsync.run_server(t, argv, ".", confined=False)
+        finally:
+            t.close()
+    th = threading.Thread(target=serve, name="local-receiver", daemon=True)
+    th.start()
+    conn = Connection(rsync.SocketTransport(a))
+    filters = build_filters(opts, None)
+    job = Push(opts, out, conn, opts.protocol or rsync.PROTOCOL_VERSION, sources, filters)
+    job.local = True
+    try:
+        code = job.run()
+    except rsync.RemoteExit as e:
+        code = e.code
+    finally:
+        conn.close()
+        th.join(30)
+    return max(code, result.get("code", 0))
 
 
 def list_modules(opts, src, out):

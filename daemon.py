@@ -35,7 +35,7 @@ class ConfigError(Exception):
 class Module:
     """A named directory tree the daemon serves."""
 
-    def __init__(self, name, path, comment="", acl=(), listed=True):
+    def __init__(self, name, path, comment="", acl=(), listed=True, writable=False):
         if not name or "/" in name or name.startswith("#") or any(c.isspace() for c in name):
             raise ConfigError("invalid module name %r" % name)
         self.name = name
@@ -43,6 +43,7 @@ class Module:
         self.comment = comment
         self.acl = [parse_acl(a) for a in acl]
         self.listed = listed
+        self.writable = writable
         self.timeout = 0
 
     def check_access(self, addr):
@@ -105,14 +106,14 @@ def load_toml(path, cfg=None):
         else:
             raise ConfigError("%s: listener without a supported type (rsyncd): %r" % (path, lst))
     for m in data.get("module", []):
-        unknown = set(m) - {"name", "path", "comment", "acl", "list"}
+        unknown = set(m) - {"name", "path", "comment", "acl", "list", "writable"}
         if unknown:
             raise ConfigError("%s: module %r: unsupported key(s) %s"
                               % (path, m.get("name"), ", ".join(sorted(unknown))))
         if "name" not in m or "path" not in m:
             raise ConfigError("%s: a module needs a name and a path" % path)
         cfg.add_module(Module(m["name"], m["path"], m.get("comment", ""), m.get("acl", []),
-                              m.get("list", True)))
+                              m.get("list", True), bool(m.get("writable", False))))
     return cfg
 
 
@@ -211,7 +212,7 @@ def serve_connection(transport, cfg, peer, log):
         code = rsync.run_server(transport, argv, module.path, confined=True,
                                 remote_protocol=protocol, log=log, raw=raw,
                                 io_timeout=module.timeout, am_daemon=True,
-                                root_shown="")
+                                root_shown="", writable=module.writable)
         log("finished %s from %s: exit code %d" % (module.name, host, code))
         return code
     except rsync.ConnectionClosed:

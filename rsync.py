@@ -1749,6 +1749,8 @@ class Session:
         self.log = log or (lambda msg: None)
         self.peer_exit = None
         self.mux_in = False
+        self.on_deleted = None
+        self.del_stats = [0, 0, 0, 0, 0]
 
     # -- the version exchange and setup
 
@@ -1868,6 +1870,8 @@ class Session:
             self.on_no_send(struct.unpack("<i", payload)[0])
             return
         if tag == MSG_DELETED:
+            if self.on_deleted is not None:
+                self.on_deleted(payload)
             return
         if tag == MSG_STATS:
             return
@@ -1899,7 +1903,8 @@ class Session:
         code = err.code if isinstance(err, RsyncError) else RERR_STREAMIO
         try:
             if self.out.multiplexed:
-                self.send_text(MSG_ERROR, "rsync: %s" % err)
+                text = str(err)
+                self.send_text(MSG_ERROR, text if text.startswith(("ERROR", "rsync", "@ERROR")) else "rsync: " + text)
                 self.send_text(MSG_ERROR, "rsync error: %s (code %d) at %s [%s=%s]" % (
                     RERR_NAMES.get(code, "unexplained error"), code, "gokr-rsync",
                     "sender" if self.am_sender else "receiver", VERSION))
@@ -2357,10 +2362,12 @@ class Sender:
 
     BATCH = 1 << 20
 
-    def __init__(self, sess, entries, warn):
+    def __init__(self, sess, entries, warn, out=None, progress=None):
         self.sess = sess
         self.entries = entries
         self.warn = warn
+        self.out = out or (lambda kind, e, iflags, extra: None)
+        self.progress = progress
         self.inplace = sess.opts.inplace
 
     def send_file_list(self, builder_io_error, build_ms):
@@ -2373,16 +2380,6 @@ class Sender:
         st = sess.stats
         for ndx, e in enumerate(self.entries):
             enc.send(e, ndx)
-            if e.is_dir():
-                st.num_dirs += 1
-            elif e.is_link():
-                st.num_symlinks += 1
-            elif _is_device(e.mode):
-                st.num_devices += 1
-            elif _is_special(e.mode):
-                st.num_specials += 1
-            else:
-                st.num_files += 1
         io_error = 0 if opts.ignore_errors else builder_io_error
         sess.io_error |= io_error
         enc.end(io_error, sess.use_safe_flist)
@@ -2415,15 +2412,18 @@ class Sender:
                 sess.out.ndx(NDX_DONE)
                 continue
             if ndx == NDX_DEL_STATS:
-                sess.out.ndx(NDX_DEL_STATS)
-                for v in iflags:
-                    sess.out.varint(v)
+                sess.del_stats = iflags
+                if sess.am_server:
+                    sess.out.ndx(NDX_DEL_STATS)
+                    for v in iflags:
+                        sess.out.varint(v)
                 continue
             e = self.entries[ndx]
             if not iflags & ITEM_TRANSFER:
                 sess.write_ndx_and_attrs(ndx, iflags, basis, xname)
                 if iflags & ITEM_IS_NEW:
                     sess.stats.created_files += 1
+                self.out("item", e, iflags, xname)
                 continue
             if not e.is_reg():
                 raise ProtocolError("received request to transfer non-regular file: %d" % ndx,
@@ -2432,8 +2432,11 @@ class Sender:
                 raise ProtocolError("got transfer request in phase 2", RERR_PROTOCOL)
             sess.stats.xferred_files += 1
             sess.stats.total_transferred_size += e.size
+            if iflags & ITEM_IS_NEW and not e.sent:
+                sess.stats.created_files += 1
             if sess.opts.dry_run:
                 sess.write_ndx_and_attrs(ndx, iflags, basis, xname)
+                self.out("xfer", e, iflags, None)
                 continue
             count, blength, s2length, remainder = sess.read_sum_head()
             sum1s, sum2s = sess.read_sums(count, s2length) if count else (None, None)
@@ -2482,6 +2485,7 @@ class Sender:
                 self.warn(MSG_ERROR_XFER, 'rsync: [sender] read errors mapping "%s": %s'
                           % (_show(e.name), short))
             e.sent = True
+            self.out("xfer", e, iflags, None)
         finally:
             os.close(fd)
 
@@ -2590,14 +2594,25 @@ def write_stats(sess):
 def read_final_goodbye(sess, nfiles):
     """The generator's last NDX_DONE; from 31 we echo it and read one more."""
     p = sess.protocol
+
+    def next_ndx():
+        while True:
+            ndx, extra = sess.read_ndx_and_attrs(nfiles)[:2]
+            if ndx != NDX_DEL_STATS:
+                return ndx
+            sess.del_stats = extra
+            if sess.am_server:
+                sess.out.ndx(NDX_DEL_STATS)
+                for v in extra:
+                    sess.out.varint(v)
     if p < 29:
         ndx = sess.inp.int32()
     else:
-        ndx = sess.read_ndx_and_attrs(nfiles)[0]
+        ndx = next_ndx()
         if p >= 31 and ndx == NDX_DONE:
             sess.out.ndx(NDX_DONE)
             sess.out.flush()
-            ndx = sess.read_ndx_and_attrs(nfiles)[0]
+            ndx = next_ndx()
     if ndx != NDX_DONE:
         raise ProtocolError("Invalid packet at end of run (%d)" % ndx, RERR_PROTOCOL)
 
@@ -2649,7 +2664,8 @@ def make_filters(rules, protocol, opts):
 
 
 def run_server(transport, argv, root, *, confined, remote_protocol=None, log=None,
-               io_timeout=0, daemon_filters=None, am_daemon=False, root_shown="", raw=None):
+               io_timeout=0, daemon_filters=None, am_daemon=False, root_shown="", raw=None,
+               writable=True):
     """Serves one `rsync --server ...` session on `transport` and returns the
     exit code. `root` is the directory paths are relative to; with
     `remote_protocol` the version came in the daemon greeting, otherwise the
@@ -2657,8 +2673,6 @@ def run_server(transport, argv, root, *, confined, remote_protocol=None, log=Non
     log = log or (lambda msg: None)
     opts, paths = parse_server_args(argv)
     sess = Session(transport, opts, am_server=True, am_sender=opts.sender, log=log, raw=raw)
-    if not opts.sender:
-        opts.refused.append("receiving (this server is read-only)")
     if opts.protocol and opts.protocol < PROTOCOL_VERSION:
         ours = max(opts.protocol, MIN_PROTOCOL_VERSION)
     else:
@@ -2674,12 +2688,18 @@ def run_server(transport, argv, root, *, confined, remote_protocol=None, log=Non
             sess.out.msg(MSG_IO_TIMEOUT, struct.pack("<i", io_timeout))
         if opts.refused:
             raise RsyncError(refusal_message(opts.refused), RERR_UNSUPPORTED)
+        if not opts.sender and not writable:
+            raise RsyncError("ERROR: module is read only", RERR_SYNTAX)
         if opts.timeout and hasattr(transport, "set_timeout"):
             transport.set_timeout(opts.timeout)
         if sess.protocol >= 30:
             sess.start_mux_in()
-        rules = recv_filter_rules(sess)
+        receiver_wants_list = opts.prune_empty_dirs or (
+            opts.delete and (not opts.delete_excluded or sess.protocol >= 29))
+        rules = recv_filter_rules(sess) if opts.sender or receiver_wants_list else []
         filters = make_filters(rules, sess.protocol, opts)
+        if not opts.sender:
+            return serve_receiver(sess, paths, root, confined, filters, log)
         return serve_sender(sess, paths, root, confined, filters, log, root_shown)
     except RemoteExit as e:
         return e.code
@@ -2689,6 +2709,11 @@ def run_server(transport, argv, root, *, confined, remote_protocol=None, log=Non
     except RsyncError as e:
         log("error: %s" % e)
         code = sess.fatal(e)
+        _drain(transport)
+        return code
+    except OSError as e:
+        log("error: %s" % e)
+        code = sess.fatal(RsyncError(_errtext(e), RERR_FILEIO))
         _drain(transport)
         return code
     except Exception as e:  # a bug must not look like a clean end to the client
@@ -3801,3 +3826,142 @@ def _umask():
         _UMASK = os.umask(0o022)
         os.umask(_UMASK)
     return _UMASK
+
+
+# ----------------------------------------------------------------------------
+# The receiving server (main.c do_server_recv) and where received files go.
+
+
+def open_destination(basefd, dest, entries, confined, created=None):
+    """get_local_name: a lone non-directory sent to a name that is not a
+    directory is written under that name; otherwise the destination is a
+    directory, created (one level) when missing. Returns (dirfd, local_name);
+    `created(path)` is told when the directory had to be made."""
+    if isinstance(dest, str):
+        dest = os.fsencode(dest)
+    parts = split_path(dest) if confined else None
+    if confined and dest.startswith(b"/"):
+        dest = dest.lstrip(b"/")
+
+    def lookup():
+        try:
+            if confined:
+                if not parts:
+                    return os.stat(basefd)
+                pfd = open_dir_beneath(basefd, parts[:-1])
+                try:
+                    return os.stat(parts[-1], dir_fd=pfd, follow_symlinks=False)
+                finally:
+                    os.close(pfd)
+            return os.stat(dest or b".", dir_fd=basefd)
+        except FileNotFoundError:
+            return None
+
+    def open_dir():
+        if confined:
+            return open_dir_beneath(basefd, parts)
+        return os.open(dest or b".", O_DIR, dir_fd=basefd)
+
+    st = lookup()
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        return open_dir(), None
+    solo = len(entries) == 1 and not entries[0].is_dir()
+    if st is not None and not solo:
+        raise RsyncError("ERROR: destination must be a directory when copying more than 1 file",
+                         RERR_FILESELECT)
+    if solo and not dest.endswith(b"/"):
+        if confined:
+            if not parts:
+                raise RsyncError("ERROR: cannot write a file over the module's root", RERR_FILESELECT)
+            return open_dir_beneath(basefd, parts[:-1]), parts[-1]
+        head, _, leaf = dest.rstrip(b"/").rpartition(b"/")
+        return os.open(head or (b"/" if dest.startswith(b"/") else b"."), O_DIR, dir_fd=basefd), leaf
+    try:
+        if confined:
+            pfd = open_dir_beneath(basefd, parts[:-1])
+            try:
+                os.mkdir(parts[-1], 0o777, dir_fd=pfd)
+            finally:
+                os.close(pfd)
+        else:
+            os.mkdir(dest, 0o777, dir_fd=basefd)
+    except OSError as e:
+        raise RsyncError('mkdir "%s" failed: %s' % (_show(dest), _errtext(e)), RERR_FILEIO) from None
+    if entries and entries[0].name == b".":
+        entries[0].flags |= FLAG_DIR_CREATED
+    if created:
+        created(dest.rstrip(b"/") or b"/")
+    return open_dir(), None
+
+
+def recv_file_list(sess, check=None):
+    """recv_file_list: entries (sorted, with indexes), the list as it came,
+    and the sender's user and group names."""
+    opts = sess.opts
+    dec = FlistDecoder(sess.inp, opts, sess.protocol, sess.xfer_flags_as_varint,
+                       sess.checksums.file_len, sess.id0_names)
+    start = sess.raw.total
+    while True:
+        x = dec.read_flags()
+        if x is None:
+            break
+        e = dec.recv(x)
+        if check is not None:
+            check(e)
+    users, groups = ({}, {}) if opts.numeric_ids else dec.recv_id_lists()
+    io_error = dec.io_error
+    if sess.protocol < 30:
+        io_error |= sess.inp.int32()
+    sess.remote_io_error |= io_error
+    unsorted = list(dec.entries)
+    entries = list(dec.entries)
+    sort_file_list(entries, sess.protocol)
+    seen = set()
+    for e in entries:
+        if e.name in seen:
+            raise ProtocolError("duplicate name in file list: %s" % _show(e.name), RERR_PROTOCOL)
+        seen.add(e.name)
+    sess.stats.flist_size = sess.raw.total - start
+    return entries, unsorted, users, groups
+
+
+def serve_receiver(sess, paths, root, confined, filters, log):
+    """do_server_recv: the sender's list, then generator and receiver writing
+    below the destination; errors and deletions are reported to the client."""
+    opts = sess.opts
+    dest = paths[1] if len(paths) > 1 else "."
+    entries, unsorted, users, groups = recv_file_list(sess)
+    if not entries:
+        return 0
+    rootfd = os.open(root, O_DIR)
+
+    def created(path):
+        log("created directory %s" % _show(path))
+        if opts.verbose or "%i" in (opts.log_format or ""):
+            sess.send_text(MSG_INFO, "created directory %s" % _show(path))
+    try:
+        destfd, local_name = open_destination(rootfd, dest, entries, confined, created)
+    finally:
+        os.close(rootfd)
+    p = sess.protocol
+
+    def out(kind, e, iflags, extra):
+        if kind == "error":
+            log(extra)
+            sess.send_text(MSG_ERROR_XFER, extra)
+        elif kind == "delete" and p >= 29:
+            name = extra[:-1] + b"\0" if extra.endswith(b"/") else extra
+            sess.out.msg(MSG_DELETED, name[:MAX_PATH])
+    receiver = Receiver(sess, entries, unsorted, destfd, local_name, filters, out=out)
+    receiver.map_ids(users, groups)
+    try:
+        receiver.run()
+    finally:
+        receiver.tree.close()
+        os.close(destfd)
+    log("received %d files, %d bytes of data" % (sess.stats.xferred_files,
+                                                  sess.stats.literal_data + sess.stats.matched_data))
+    code = 0
+    if receiver.io_error & IOERR_GENERAL:
+        code = RERR_PARTIAL
+    return code

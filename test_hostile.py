@@ -63,12 +63,14 @@ def test_bad_greetings(daemon, rsync_bin, tmp_path, junk):
     assert still_serves(daemon, rsync_bin, tmp_path)
 
 
-def handshake(daemon, protocol=32, args=("--server", "--sender", "-logDtpre.iLsfxCIvu", ".", "m/")):
+def handshake(daemon, protocol=32, args=("--server", "--sender", "-logDtpre.iLsfxCIvu", ".", "m/"),
+              sender=False):
     s = connect(daemon)
     t = rsync.SocketTransport(s, timeout=10)
     raw = rsync.RawIn(t)
     assert raw.read_line().startswith(b"@RSYNCD: 32.0")
-    t.sendv([b"@RSYNCD: %d.0 md5\n" % protocol, b"m\n"])
+    module = args[-1].split("/")[0].encode()
+    t.sendv([b"@RSYNCD: %d.0 md5\n" % protocol, module + b"\n"])
     assert raw.read_line() == b"@RSYNCD: OK"
     sep = b"\0" if protocol >= 30 else b"\n"
     t.sendv([sep.join(a.encode() for a in args) + sep + sep])
@@ -76,7 +78,7 @@ def handshake(daemon, protocol=32, args=("--server", "--sender", "-logDtpre.iLsf
     opts.client_info = "."
     if "-e" in args[2]:
         opts.client_info = args[2].split("e", 1)[1]
-    sess = rsync.Session(t, opts, am_server=False, am_sender=False, raw=raw,
+    sess = rsync.Session(t, opts, am_server=False, am_sender=sender, raw=raw,
                          on_text=lambda tag, text: messages.append(text))
     messages = []
     sess.messages = messages

@@ -1,0 +1,338 @@
+"""Uploads: stock rsync pushing into gokr-rsyncd, gokr-rsync pushing into
+stock rsync (daemon and remote shell), local copies, and a hostile sender."""
+
+import os
+import re
+import signal
+import stat
+import subprocess
+import threading
+import time
+
+import pytest
+
+import rsync
+from conftest import (IS_ROOT, client_cmd, diff_snapshots, run, snapshot)
+from test_client import ours, stats
+
+PROTOCOLS = [27, 28, 29, 30, 31, 32]
+
+# gokr-rsyncd stores received symlinks verbatim, as rsyncd does in a chroot
+# (its default); without one rsyncd rewrites them (munging or sanitizing).
+CHROOTED = "use chroot = yes\nmunge symlinks = no" if IS_ROOT else "munge symlinks = no"
+
+
+def comparable(snap):
+    """Without root the stock daemon cannot chroot and sanitizes symlinks
+    that point out of the module: leave those out of comparisons."""
+    if not IS_ROOT:
+        for k in ("abs-link", "a/escape-link"):
+            snap.pop(k, None)
+    return snap
+
+
+@pytest.fixture
+def writable(tmp_path, our_daemon_factory):
+    mod = tmp_path / "mod"
+    mod.mkdir()
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text('[[module]]\nname = "w"\npath = "%s"\nwritable = true\n'
+                   '[[module]]\nname = "ro"\npath = "%s"\n' % (mod, mod))
+    d = our_daemon_factory({}, extra=["--gokr.config=%s" % cfg])
+    d.mod = mod
+    return d
+
+
+@pytest.fixture
+def stock_writable(tmp_path, stock_daemon_factory, rsync_bin):
+    mod = tmp_path / "stockmod"
+    mod.mkdir()
+    d = stock_daemon_factory(rsync_bin, {"w": str(mod)}, read_only=False, extra_conf=CHROOTED)
+    d.mod = mod
+    return d
+
+
+CASES = [("3.5.0", p, ("-a",)) for p in PROTOCOLS] + [("3.2.7", 32, ("-a",))]
+if IS_ROOT:
+    CASES += [("3.5.0", p, ("-aHD", "--numeric-ids")) for p in (27, 30, 32)]
+    CASES += [("3.5.0", 32, ("-aHD",)), ("3.2.7", 32, ("-aHD",))]
+
+
+@pytest.mark.parametrize("version,protocol,flags", CASES,
+                         ids=["%s-p%d-%s" % (v, p, "".join(f)) for v, p, f in CASES])
+def test_stock_pushes_into_our_daemon(writable, stock_writable, src_tree, rsync_bin, rsync327_bin,
+                                      version, protocol, flags):
+    """The same push into our writable module and into stock rsyncd's gives
+    identical trees, with the source's data."""
+    client = rsync_bin if version == "3.5.0" else rsync327_bin
+    proto = ["--protocol=%d" % protocol] if protocol != 32 else []
+    run([client, *flags, *proto, src_tree + "/", writable.url + "/w/"])
+    run([client, *flags, *proto, src_tree + "/", stock_writable.url + "/w/"])
+    ns = protocol >= 31
+    a, b = comparable(snapshot(str(writable.mod), ns=ns)), comparable(snapshot(str(stock_writable.mod), ns=ns))
+    assert a == b, diff_snapshots(a, b)
+    src = snapshot(src_tree, ns=ns)
+    for rel, desc in a.items():
+        if isinstance(desc, dict) and "sha256" in desc:
+            assert desc["sha256"] == src[rel]["sha256"]
+    assert not [n for n in os.listdir(writable.mod) if n.startswith(".") and n != ".rsync-filter"]
+
+
+def test_second_push_and_delta_push(writable, src_tree, rsync_bin, tmp_path):
+    run([rsync_bin, "-a", src_tree + "/", writable.url + "/w/"])
+    again = stats(run([rsync_bin, "-a", "--stats", src_tree + "/", writable.url + "/w/"]).stdout.decode())
+    assert again["files"] == 0 and again["literal"] == 0
+    local = tmp_path / "big.bin"
+    data = bytearray(open(os.path.join(src_tree, "big.bin"), "rb").read())
+    for i in range(10):
+        off = len(data) // 11 * (i + 1)
+        data[off:off + 4096] = os.urandom(4096)
+    local.write_bytes(data)
+    s = stats(run([rsync_bin, "-a", "--stats", "--no-whole-file", "-I", str(local),
+                   writable.url + "/w/big.bin"]).stdout.decode())
+    assert 10 * 4096 <= s["literal"] <= 10 * (4096 + 2 * 8192), s
+    assert s["matched"] >= len(data) - 10 * (4096 + 2 * 8192)
+    assert (writable.mod / "big.bin").read_bytes() == bytes(data)
+
+
+def test_push_with_delete(writable, src_tree, rsync_bin):
+    run([rsync_bin, "-a", src_tree + "/", writable.url + "/w/"])
+    (writable.mod / "extra").write_text("x")
+    (writable.mod / "a" / "extra-dir").mkdir()
+    (writable.mod / "a" / "extra-dir" / "f").write_text("y")
+    (writable.mod / "keep.tmp").write_text("protected by exclude")
+    out = run([rsync_bin, "-av", "--delete", "--exclude=*.tmp", src_tree + "/", writable.url + "/w/"]).stdout
+    assert b"deleting extra" in out and b"deleting a/extra-dir/f" in out
+    assert not (writable.mod / "extra").exists() and (writable.mod / "keep.tmp").exists()
+    (writable.mod / "keep.tmp").unlink()
+    src, got = snapshot(src_tree), snapshot(str(writable.mod))
+    src["<hardlinks>"] = []
+    del src["."], got["."]
+    assert got == src
+
+
+def test_read_only_module_refuses_push(writable, src_tree, rsync_bin):
+    for proto in ([], ["--protocol=29"]):
+        p = run([rsync_bin, "-a", *proto, src_tree + "/", writable.url + "/ro/"], check=False)
+        assert p.returncode != 0 and b"module is read only" in p.stderr
+    assert os.listdir(writable.mod) == []
+    p = run([rsync_bin, "-a", src_tree + "/", writable.url + "/ro/"], check=False)
+    assert p.returncode == 1
+
+
+def test_ten_concurrent_pushes(writable, tmp_path, rsync_bin):
+    trees = []
+    for i in range(10):
+        t = tmp_path / ("t%d" % i)
+        (t / ("dir%d" % i)).mkdir(parents=True)
+        for j in range(20):
+            (t / ("dir%d" % i) / ("f%d" % j)).write_bytes(os.urandom(5000 + i * 100 + j))
+        trees.append(t)
+    procs = [subprocess.Popen([rsync_bin, "-a", str(t) + "/", writable.url + "/w/"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for t in trees]
+    for p in procs:
+        assert p.wait(120) == 0, p.stderr.read()
+    for i, t in enumerate(trees):
+        for j in range(20):
+            assert (writable.mod / ("dir%d" % i) / ("f%d" % j)).read_bytes() == \
+                (t / ("dir%d" % i) / ("f%d" % j)).read_bytes()
+
+
+def test_interrupted_push_keeps_old_file(writable, tmp_path, rsync_bin):
+    old = os.urandom(1 << 20)
+    (writable.mod / "big").write_bytes(old)
+    new = tmp_path / "big"
+    with open(new, "wb") as f:
+        for _ in range(64):
+            f.write(os.urandom(1 << 20))
+    p = subprocess.Popen([rsync_bin, "-a", "--bwlimit=4m", str(new), writable.url + "/w/big"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if [n for n in os.listdir(writable.mod) if n.startswith(".big.")]:
+            break
+        time.sleep(0.05)
+    time.sleep(0.5)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and [n for n in os.listdir(writable.mod) if n.startswith(".big.")]:
+        time.sleep(0.1)
+    assert (writable.mod / "big").read_bytes() == old
+    assert os.listdir(writable.mod) == ["big"]
+
+
+# ----------------------------------------------------------------------------
+# gokr-rsync as the sender
+
+
+@pytest.mark.parametrize("protocol", [27, 29, 30, 31, 32])
+def test_we_push_into_stock_daemon(stock_writable, src_tree, tmp_path, rsync_bin, stock_daemon_factory,
+                                   protocol):
+    ours("-aH", "--protocol=%d" % protocol, src_tree + "/", stock_writable.url + "/w/")
+    ns = protocol >= 31
+    assert comparable(snapshot(str(stock_writable.mod), ns=ns)) == comparable(snapshot(src_tree, ns=ns))
+
+
+def test_we_push_into_stock_327_and_our_daemon(tmp_path, src_tree, stock_daemon_factory, rsync327_bin,
+                                               writable):
+    mod = tmp_path / "m327"
+    mod.mkdir()
+    d = stock_daemon_factory(rsync327_bin, {"w": str(mod)}, read_only=False, extra_conf=CHROOTED)
+    ours("-aH", src_tree + "/", d.url + "/w/")
+    assert comparable(snapshot(str(mod))) == comparable(snapshot(src_tree))
+    ours("-aH", src_tree + "/", writable.url + "/w/")
+    assert snapshot(str(writable.mod)) == snapshot(src_tree)
+
+
+def test_we_push_with_delete_and_output(stock_writable, src_tree, rsync_bin, tmp_path):
+    ours("-aH", src_tree + "/", stock_writable.url + "/w/")
+    (stock_writable.mod / "extra").write_text("x")
+    (stock_writable.mod / "emptydir" / "junk").write_text("y")
+    out = ours("-avH", "--delete", src_tree + "/", stock_writable.url + "/w/").stdout.decode()
+    assert "deleting extra" in out and "deleting emptydir/junk" in out
+    assert comparable(snapshot(str(stock_writable.mod))) == comparable(snapshot(src_tree))
+    again = stats(ours("-aH", "--stats", src_tree + "/", stock_writable.url + "/w/").stdout.decode())
+    assert again["files"] == 0 and again["literal"] == 0
+
+
+def test_we_push_over_ssh(sshd, src_tree, tmp_path, rsync_bin):
+    dst = tmp_path / "sshdst"
+    ours("-aH", "-e", sshd.rsh, "--rsync-path=%s" % rsync_bin, src_tree + "/", "root@127.0.0.1:%s/" % dst)
+    assert snapshot(str(dst)) == snapshot(src_tree)
+    (dst / "extra").write_text("x")
+    ours("-aH", "--delete", "-e", sshd.rsh, "--rsync-path=%s" % rsync_bin, src_tree + "/",
+         "root@127.0.0.1:%s/" % dst)
+    assert snapshot(str(dst)) == snapshot(src_tree)
+
+
+def test_stock_pushes_over_ssh_into_our_server(sshd, src_tree, tmp_path, rsync_bin):
+    from conftest import daemon_cmd
+    dst = tmp_path / "sshdst"
+    run([rsync_bin, "-aH", "-e", sshd.rsh, "--rsync-path=%s" % " ".join(daemon_cmd()), src_tree + "/",
+         "root@127.0.0.1:%s/" % dst])
+    assert snapshot(str(dst)) == snapshot(src_tree)
+
+
+@pytest.mark.parametrize("flags", [("-aH",), ("-avH", "--stats"), ("-aiH",)])
+def test_local_copy_matches_stock(tmp_path, src_tree, rsync_bin, flags):
+    a, b = tmp_path / "a", tmp_path / "b"
+    pa = ours(*flags, src_tree + "/", str(a) + "/").stdout.decode().replace(str(a), "DEST")
+    pb = run([rsync_bin, *flags, "--no-inc-recursive", src_tree + "/", str(b) + "/"]).stdout.decode().replace(
+        str(b), "DEST")
+    assert snapshot(str(a)) == snapshot(str(b)) == snapshot(src_tree)
+    from test_client import mask
+    ma = [l for l in mask(pa) if not l.startswith("File list size")]
+    mb = [l for l in mask(pb) if not l.startswith("File list size")]
+    assert ma == mb, "ours:\n%s\nstock:\n%s" % (pa, pb)
+
+
+# ----------------------------------------------------------------------------
+# A hostile sender against our receiving daemon
+
+
+def hostile_push(daemon, entries, answer=None, protocol=32):
+    import test_hostile as th
+    args = ("--server", "-logDtpre.LsfxCIvu", ".", "w/")
+    sess = th.handshake(daemon, protocol, args, sender=True)
+    enc = rsync.FlistEncoder(sess.out, sess.opts, sess.protocol, sess.xfer_flags_as_varint,
+                             sess.checksums.file_len)
+    for i, e in enumerate(entries):
+        enc.send(e, i)
+    enc.end(0, True)
+    enc.send_id_lists(sess.id0_names)
+    sess.out.flush()
+    try:
+        while True:
+            ndx = sess.inp.ndx()
+            if ndx == rsync.NDX_DONE:
+                sess.out.ndx(rsync.NDX_DONE)
+                sess.out.flush()
+                continue
+            iflags = sess.inp.shortint()
+            if not iflags & rsync.ITEM_TRANSFER:
+                sess.write_ndx_and_attrs(ndx, iflags)
+                continue
+            head = sess.read_sum_head()
+            if head[0]:
+                sess.read_sums(head[0], head[2])
+            (answer or send_data)(sess, ndx, iflags, head, entries[ndx])
+            sess.out.flush()
+    except rsync.RsyncError:
+        pass
+    return b"".join(sess.messages)
+
+
+def send_data(sess, ndx, iflags, head, e, data=b"pwned\n"):
+    sess.write_ndx_and_attrs(ndx, iflags)
+    sess.write_sum_head(*head)
+    sess.out.int32(len(data))
+    sess.out.write(data)
+    sess.out.int32(0)
+    h = sess.checksums.file_hasher()
+    h.update(data)
+    sess.out.write(h.digest())
+
+
+def fentry(name, mode=stat.S_IFREG | 0o644, size=6, link=None):
+    e = rsync.FileEntry(name, mode, size, 1_700_000_000)
+    e.link = link
+    return e
+
+
+def dot():
+    e = fentry(b".", stat.S_IFDIR | 0o755, 0)
+    e.flags = rsync.FLAG_TOP_DIR | rsync.FLAG_CONTENT_DIR
+    return e
+
+
+@pytest.mark.parametrize("names", [[b"../escape"], [b"a/../../escape"], [b"/tmp/escape-abs"]])
+def test_hostile_names_in_push(writable, tmp_path, rsync_bin, names):
+    msgs = hostile_push(writable, [dot()] + [fentry(n) for n in names])
+    assert b"ABORTING" in msgs or b"invalid" in msgs.lower()
+    assert not (tmp_path / "escape").exists() and not os.path.exists("/tmp/escape-abs")
+    assert os.listdir(writable.mod) == []
+    run([rsync_bin, "-a", str(tmp_path / "mod") + "/", writable.url + "/w/"])
+
+
+def test_hostile_symlink_then_file_through_it(writable, tmp_path, rsync_bin):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    entries = [dot(), fentry(b"link", stat.S_IFLNK | 0o777, len(str(outside)), str(outside).encode()),
+               fentry(b"link/file")]
+    hostile_push(writable, entries)
+    assert os.listdir(outside) == []
+    assert os.readlink(writable.mod / "link") == str(outside)
+    os.symlink(str(outside), writable.mod / "pre-existing")
+    hostile_push(writable, [dot(), fentry(b"pre-existing/file2")])
+    assert os.listdir(outside) == []
+    still = tmp_path / "still"
+    still.mkdir()
+    (still / "ok").write_text("ok")
+    run([rsync_bin, "-a", str(still) + "/", writable.url + "/w/"])
+    assert (writable.mod / "ok").read_text() == "ok"
+
+
+def test_hostile_bad_tokens_leave_old_file(writable, rsync_bin, tmp_path):
+    (writable.mod / "victim").write_bytes(b"old content\n")
+
+    def bad_block(sess, ndx, iflags, head, e):
+        sess.write_ndx_and_attrs(ndx, iflags)
+        sess.write_sum_head(*head)
+        sess.out.int32(-5000)
+
+    def bad_sum(sess, ndx, iflags, head, e):
+        sess.write_ndx_and_attrs(ndx, iflags)
+        sess.write_sum_head(*head)
+        sess.out.int32(3)
+        sess.out.write(b"new")
+        sess.out.int32(0)
+        sess.out.write(b"\0" * sess.checksums.xfer_len)
+
+    def bad_head(sess, ndx, iflags, head, e):
+        sess.write_ndx_and_attrs(ndx, iflags)
+        sess.write_sum_head(1 << 30, 700, 16, 0)
+    for answer in (bad_block, bad_sum, bad_head):
+        hostile_push(writable, [dot(), fentry(b"victim", size=3)], answer)
+        assert (writable.mod / "victim").read_bytes() == b"old content\n"
+        assert sorted(os.listdir(writable.mod)) == ["victim"]
