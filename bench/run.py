@@ -23,6 +23,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -54,7 +55,6 @@ RSS_RATIO_BAR = 1.2
 RSS_SMALL_BAR = 100 * MiB
 CHANGES, CHANGE_LEN = 100, 4 * KiB
 TEXT_FILES = 8
-RUN_TIMEOUT = 3600.0
 
 
 class BenchError(Exception):
@@ -228,14 +228,20 @@ def _wait4(pid, deadline):
         time.sleep(0.005)
 
 
-def _reap_strays():
-    while True:
+def _reap_all(deadline):
+    """Reaps every child left, as (cpu, maxrss) of each: a listener's
+    connection process it had not reaped before it exited."""
+    got = []
+    while time.monotonic() < deadline:
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            pid, _, ru = os.wait4(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            break
         if pid == 0:
-            return
+            time.sleep(0.01)
+            continue
+        got.append((ru.ru_utime + ru.ru_stime, ru.ru_maxrss))
+    return got
 
 
 def _background(argv, pidfile, redirect=""):
@@ -276,59 +282,124 @@ def _kill_group(pgid):
         os.killpg(pgid, signal.SIGKILL)
     except OSError:
         pass
-    end = time.monotonic() + 5
-    while time.monotonic() < end:
-        try:
-            if os.waitpid(-1, os.WNOHANG)[0] == 0:
-                time.sleep(0.01)
-        except ChildProcessError:
-            return
+    _reap_all(time.monotonic() + 5)
 
 
-def run_transfer(client_argv, server_argv, env, tmp, timeout=RUN_TIMEOUT):
-    """One pull; returns a dict of wall, CPU and peak RSS of both sides."""
+def _start(argv, pidfile, env, errfile, deadline):
+    """Starts ARGV through a launcher shell in a new session; returns
+    (session, pid of ARGV's process)."""
+    actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+               (os.POSIX_SPAWN_OPEN, 1, errfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
+               (os.POSIX_SPAWN_DUP2, 1, 2)]
+    group = os.posix_spawnp("sh", ["sh", "-c", _background(argv, pidfile)], env,
+                            file_actions=actions, setsid=True)
+    _wait4(group, deadline)
+    pid = _read_pid(pidfile, min(deadline, time.monotonic() + 5))
+    if pid is None:
+        _kill_group(group)
+        raise BenchError("could not start %s:\n%s" % (shlex.join(argv), _tail(errfile)))
+    return group, pid
+
+
+def _listening(port):
+    want = ":%04X" % port
+    try:
+        with open("/proc/net/tcp") as f:
+            return any(fields[1].endswith(want) and fields[3] == "0A"
+                       for fields in (line.split() for line in f) if len(fields) > 3)
+    except OSError:
+        return False
+
+
+def _wait_listening(port, pid, deadline):
+    while not _listening(port):
+        if os.waitpid(pid, os.WNOHANG)[0] or time.monotonic() > deadline:
+            raise BenchError("the daemon did not listen on port %d" % port)
+        time.sleep(0.01)
+
+
+def _has_children(pid):
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            return bool(f.read().strip())
+    except OSError:
+        time.sleep(0.2)
+        return False
+
+
+def _stop_listener(pid, deadline):
+    """Ends a TCP daemon once its connection is over; (cpu, maxrss) of it and
+    its connection processes."""
+    end = min(deadline, time.monotonic() + 10)
+    while _has_children(pid) and time.monotonic() < end:
+        time.sleep(0.005)
+    os.kill(pid, signal.SIGTERM)
+    _, _, ru = _wait4(pid, deadline)
+    got = [(ru.ru_utime + ru.ru_stime, ru.ru_maxrss)] + _reap_all(min(deadline, time.monotonic() + 5))
+    return sum(c for c, _ in got), max(m for _, m in got)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_transfer(client_argv, server_argv, env, tmp, timeout, port=None):
+    """One pull; returns a dict of wall, CPU and peak RSS of both sides.
+    With PORT, SERVER_ARGV is a TCP daemon listening there; else the client
+    starts it per connection through RSYNC_CONNECT_PROG."""
     cpidfile = os.path.join(tmp, "client.pid")
     spidfile = os.path.join(tmp, "server.pid")
     errfile = os.path.join(tmp, "transfer.log")
     for p in (cpidfile, spidfile, errfile):
         if os.path.exists(p):
             os.unlink(p)
-    env = dict(env, RSYNC_CONNECT_PROG=connect_prog(server_argv, spidfile))
-    actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-               (os.POSIX_SPAWN_OPEN, 1, errfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
-               (os.POSIX_SPAWN_DUP2, 1, 2)]
-    launcher = ["sh", "-c", _background(client_argv, cpidfile)]
     deadline = time.monotonic() + timeout
-    os.sync()
-    t0 = time.perf_counter()
-    group = os.posix_spawnp("sh", launcher, env, file_actions=actions, setsid=True)
+    groups = []
     try:
-        _wait4(group, deadline)
-        cpid = _read_pid(cpidfile, min(deadline, time.monotonic() + 5))
-        if cpid is None:
-            raise BenchError("could not start %s:\n%s" % (shlex.join(client_argv), _tail(errfile)))
+        if port:
+            group, spid = _start(server_argv, spidfile, env, errfile, deadline)
+            groups.append(group)
+            _wait_listening(port, spid, deadline)
+        else:
+            env = dict(env, RSYNC_CONNECT_PROG=connect_prog(server_argv, spidfile))
+        os.sync()
+        t0 = time.perf_counter()
+        group, cpid = _start(client_argv, cpidfile, env, errfile, deadline)
+        groups.append(group)
         _, cstatus, cru = _wait4(cpid, deadline)
         wall = time.perf_counter() - t0
-        spid = _read_pid(spidfile, min(deadline, time.monotonic() + 5))
-        if spid is None:
-            _kill_group(group)
-            raise BenchError("the client (exit code %d) never started the server: %s\n%s" % (
-                os.waitstatus_to_exitcode(cstatus), shlex.join(client_argv), _tail(errfile)))
-        _, sstatus, sru = _wait4(spid, deadline)
+        ccode = os.waitstatus_to_exitcode(cstatus)
+        if port:
+            scode = 0
+            scpu, srss = _stop_listener(spid, deadline)
+        else:
+            spid = _read_pid(spidfile, min(deadline, time.monotonic() + 5))
+            if spid is None:
+                raise BenchError("the client (exit code %d) never started the server: %s\n%s" % (
+                    ccode, shlex.join(client_argv), _tail(errfile)))
+            _, sstatus, sru = _wait4(spid, deadline)
+            scode = os.waitstatus_to_exitcode(sstatus)
+            scpu, srss = sru.ru_utime + sru.ru_stime, sru.ru_maxrss
     except _Alarm:
-        _kill_group(group)
+        for g in groups:
+            _kill_group(g)
         raise BenchError("transfer timed out after %.0f s: %s" % (timeout, shlex.join(client_argv))) from None
-    _reap_strays()
-    codes = os.waitstatus_to_exitcode(cstatus), os.waitstatus_to_exitcode(sstatus)
-    if codes != (0, 0):
+    except BenchError:
+        for g in groups:
+            _kill_group(g)
+        raise
+    _reap_all(time.monotonic() + 1)
+    if (ccode, scode) != (0, 0):
         raise BenchError("transfer failed (client %d, server %d): %s\n%s"
-                         % (codes[0], codes[1], shlex.join(client_argv), _tail(errfile)))
+                         % (ccode, scode, shlex.join(client_argv), _tail(errfile)))
     return {
         "wall": wall,
         "client_cpu": cru.ru_utime + cru.ru_stime,
-        "server_cpu": sru.ru_utime + sru.ru_stime,
+        "server_cpu": scpu,
         "client_rss": cru.ru_maxrss * KiB,
-        "server_rss": sru.ru_maxrss * KiB,
+        "server_rss": srss * KiB,
     }
 
 
@@ -426,20 +497,24 @@ class Bench:
 
     # Commands.
 
-    def server(self, ours, src):
+    def server(self, ours, src, port=None):
         if ours:
             return [PY, DAEMON, "--daemon", "--gokr.modulemap=m=" + src]
-        return [self.rsync, "--daemon", "--config=" + self.rsyncd_conf(src)]
+        tcp = ["--no-detach", "--address=127.0.0.1", "--port=%d" % port] if port else []
+        return [self.rsync, "--daemon"] + tcp + ["--config=" + self.rsyncd_conf(src)]
 
-    def client(self, ours, args, dest):
+    def client(self, ours, args, dest, port=None):
         prog = [PY, CLIENT] if ours else [self.rsync]
-        return prog + args + ["rsync://localhost/m/", dest + "/"]
+        url = "rsync://127.0.0.1:%d/m/" % port if port else "rsync://localhost/m/"
+        return prog + args + [url, dest + "/"]
 
     def pair(self, side, ours_run, src, args, dest):
-        """(client argv, server argv) of one run of SIDE, with ours on that side or not."""
+        """(client argv, server argv, TCP port or None) of one run of SIDE,
+        with ours on that side or not."""
+        port = free_port() if side == "client" and self.args.client_via == "tcp" else None
         ours_daemon = ours_run and side == "daemon"
         ours_client = ours_run and side == "client"
-        return self.client(ours_client, args, dest), self.server(ours_daemon, src)
+        return self.client(ours_client, args, dest, port), self.server(ours_daemon, src, port), port
 
     def env_for(self, ours_run, pure):
         return dict(self.env, GOKR_RSYNC_PURE="1") if ours_run and pure else self.env
@@ -453,9 +528,9 @@ class Bench:
             make_text(probe, 64 * KiB)
         dest = os.path.join(self.tmp, "probe-dst")
         fresh_dir(dest)
-        c, s = self.pair(side, True, probe, ["-az"], dest)
+        c, s, port = self.pair(side, True, probe, ["-az"], dest)
         try:
-            run_transfer(c, s, self.env, self.tmp, timeout=60)
+            run_transfer(c, s, self.env, self.tmp, 60, port)
             return same_tree(probe, dest)
         except BenchError:
             return False
@@ -475,6 +550,16 @@ class Bench:
         return out
 
     def run_row(self, row):
+        """Runs ROW; a failure is kept in row["error"] for the table."""
+        try:
+            row["runs"] = self._run_row(row)
+        except BenchError as e:
+            row["error"] = str(e)
+            log("  %s %s %s failed: %s" % (row["case"], row["side"], row["checksum"], e))
+        shutil.rmtree(os.path.join(self.out, "dst"), ignore_errors=True)
+        return row
+
+    def _run_row(self, row):
         case, side, size = row["case"], row["side"], row["size"]
         src = self.source(case, size)
         args = list(CASE_ARGS[case])
@@ -496,17 +581,15 @@ class Bench:
                     fresh_dir(dest)
                 if changed:
                     os.link(changed, os.path.join(dest, "big.bin"))
-                c, s = self.pair(side, ours_run, src, args, dest)
-                r = run_transfer(c, s, self.env_for(ours_run, row["pure"]), self.tmp)
+                c, s, port = self.pair(side, ours_run, src, args, dest)
+                r = run_transfer(c, s, self.env_for(ours_run, row["pure"]), self.tmp, self.args.timeout, port)
                 if changed and os.stat(os.path.join(dest, "big.bin")).st_ino == os.stat(changed).st_ino:
                     raise BenchError("the receiver wrote into the basis file; %s is spoiled" % changed)
                 if i == 0 and not same_tree(src, dest):
                     raise BenchError("%s %s %s: %s differs from %s" % (case, side, who, dest, src))
                 runs[who].append(r)
                 log("  %s %-6s %-7s %-5s run %d: %.2f s" % (case, side, row["checksum"], who, i + 1, r["wall"]))
-        shutil.rmtree(os.path.join(self.out, "dst"), ignore_errors=True)
-        row["runs"] = runs
-        return row
+        return runs
 
     def run(self):
         become_subreaper()
@@ -535,8 +618,11 @@ class Bench:
             log("ours with rsync_delta %s" % impl[pure])
             for row in rows:
                 results.append(self.run_row(row))
+        version = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"],
+                                 capture_output=True, text=True).stdout.strip()
         info = {
             "date": time.strftime("%Y-%m-%d %H:%M"),
+            "version": version or "unknown",
             "rsync": subprocess.run([self.rsync, "--version"], capture_output=True, text=True).stdout.split("\n")[0],
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
@@ -544,6 +630,7 @@ class Bench:
             "runs": a.runs,
             "impl": impl,
             "smoke": a.smoke,
+            "client_via": a.client_via,
         }
         return info, results
 
@@ -601,6 +688,12 @@ HEADER = ("| case | data | side | checksum | ours | wall s, ours | wall s, stock
 def table(info, results):
     lines = [HEADER, "|" + "---|" * HEADER.count(" | ") + "---|"]
     for row in results:
+        if "error" in row:
+            lines.append("| %s | %s | %s | %s | %s |%s %s |" % (
+                row["case"], row["data"], row["side"], row["checksum"],
+                "pure" if row["pure"] else info["impl"][False], " failed |" * 7,
+                row["error"].splitlines()[0][:200].replace("|", "/")))
+            continue
         s = summarize(row)
         o, t = s["ours"], s["stock"]
         wall = lambda x: "%.2f (%.2f–%.2f)" % (x["wall"], x["min"], x["max"])  # noqa: E731
@@ -619,19 +712,21 @@ def report(info, results, notes):
     text = [
         "# gokr-rsync vs stock rsync%s" % (" (smoke run: sizes too small to mean anything)" if info["smoke"] else ""),
         "",
-        "%s; %s; Python %s; %d CPUs (%s); %d runs per row, alternating ours and stock; %s." % (
-            info["date"], info["rsync"], info["python"], info["cpus"], info["machine"], info["runs"],
+        "%s; gokr-rsync %s; %s; Python %s; %d CPUs (%s); %d runs per row, alternating ours and stock; %s." % (
+            info["date"], info["version"], info["rsync"], info["python"], info["cpus"], info["machine"], info["runs"],
             "rsync_delta: %s, pure rows: %s" % (info["impl"][False], info["impl"][True])),
         "",
-        "Each row is a pull `rsync ARGS rsync://localhost/m/ DEST/`. Daemon side: stock rsync client, "
-        "our daemon vs stock `rsync --daemon`. Client side: stock `rsync --daemon`, our client vs stock "
-        "client. Both daemons are started per connection by the client through RSYNC_CONNECT_PROG "
-        "(inetd mode). Wall: median (min–max) of the client's run time. CPU (user+sys) and peak RSS "
-        "(ru_maxrss of the process tree's biggest process): medians, from wait4() of the client and of "
-        "the daemon. The data was read once before the runs (warm page cache, the same for both); "
-        "`sync` before every run; the destination starts empty, except C (the changed copy, hard-linked "
-        "in) and D (an up-to-date copy). ours = the delta search our processes used: c (the C "
-        "library) or pure (GOKR_RSYNC_PURE=1).",
+        "Each row is a pull `rsync ARGS rsync://HOST/m/ DEST/`. Daemon side: the stock rsync client "
+        "pulls from our daemon vs from stock `rsync --daemon`, started by the client for its one connection "
+        "through RSYNC_CONNECT_PROG (inetd mode). Client side: our client vs the stock client, pulling from "
+        "stock `rsync --daemon` %s. Wall: median (min–max) of the client's run time. CPU (user+sys) and peak "
+        "RSS (ru_maxrss of the side's biggest process): medians, from wait4() of the client and of the "
+        "daemon (for a TCP daemon, of the listener with its connection process). The data was read once "
+        "before the runs (warm page cache, the same for both); `sync` before every run; the destination "
+        "starts empty, except C (the changed copy, hard-linked in) and D (an up-to-date copy). ours = the "
+        "delta search our processes used: c (the C library) or pure (GOKR_RSYNC_PURE=1)." % (
+            "on TCP 127.0.0.1, a fresh `--no-detach` listener per run" if info["client_via"] == "tcp"
+            else "started per connection through RSYNC_CONNECT_PROG"),
         "",
     ]
     for c in cases:
@@ -652,6 +747,9 @@ def chart(results, path):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return False
+    results = [r for r in results if "error" not in r]
+    if not results:
         return False
     labels = ["%s %s %s%s" % (r["case"], r["side"], r["checksum"], " (pure, %s)" % r["data"] if r["pure"] else "")
               for r in results]
@@ -686,10 +784,13 @@ def parse_args(argv):
     p.add_argument("--cases", default="A,B,C,D,E", help="which of A,B,C,D,E (default all)")
     p.add_argument("--out", help="data and results (default bench/out, or bench/out/smoke with --smoke)")
     p.add_argument("--no-pure", action="store_true", help="leave out the pure-Python rows")
+    p.add_argument("--timeout", type=float, default=600, help="seconds one transfer may take (default 600)")
+    p.add_argument("--client-via", choices=("tcp", "connect-prog"), default="tcp",
+                   help="how client-side rows reach stock rsync --daemon (default tcp)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes and one run: checks the machinery only")
     a = p.parse_args(argv)
     if a.smoke:
-        a.size, a.files, a.text_size, a.runs = 4 * MiB, 200, 2 * MiB, 1
+        a.size, a.files, a.text_size, a.runs, a.timeout = 4 * MiB, 200, 2 * MiB, 1, 120
     a.pure_size = a.pure_size or a.size
     a.out = a.out or os.path.join(HERE, "out", "smoke" if a.smoke else "")
     a.cases = [c.strip().upper() for c in a.cases.split(",") if c.strip()]
