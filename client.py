@@ -12,7 +12,6 @@ import hashlib
 import os
 import shlex
 import socket
-import stat
 import subprocess
 import sys
 import time

@@ -79,6 +79,7 @@ class OurDaemon:
         args = [sys.executable, os.path.join(HERE, "daemon.py"), "--daemon",
                 "--gokr.listen=127.0.0.1:0"]
         args += ["--gokr.modulemap=%s=%s" % (n, p) for n, p in modules.items()]
+        args += ["--gokr.user=root"] if IS_ROOT else ["--gokr.insecure_writable_modules"]
         args += list(extra)
         self.logf = open(self.log, "w+")
         self.proc = subprocess.Popen(args, stderr=self.logf, stdout=subprocess.DEVNULL)

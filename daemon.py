@@ -22,6 +22,7 @@ import time
 import tomllib
 
 import rsync
+import rsync_jail
 
 DEFAULT_CONFIG = os.path.expanduser("~/.config/gokr-rsyncd.toml")
 AUTH_DIGESTS = "sha512 sha256 sha1 md5 md4"
@@ -288,7 +289,12 @@ class DaemonServer(socketserver.ThreadingTCPServer):
 
 
 USAGE = """usage: gokr-rsyncd --daemon [--gokr.listen=HOST:PORT] [--gokr.modulemap=NAME=PATH]...
-                    [--gokr.config=FILE]
+                    [--gokr.config=FILE] [--gokr.user=USER]
+
+Started as root on Linux, the daemon serves from a private mount namespace
+that holds only its modules (read-only unless writable) and runs as USER
+(default nobody). Without root it refuses modules it could write to unless
+they are writable (--gokr.insecure_writable_modules turns that check off).
        gokr-rsyncd --server [--sender] OPTIONS . PATH...   (run by rsync over a remote shell)
        gokr-rsyncd --server --daemon [--gokr.config=FILE] .
 """
@@ -298,21 +304,24 @@ def parse_args(argv):
     """Our own options (those starting with --gokr. plus --daemon); the
     rest is the server argv of a remote-shell session."""
     opts = {"daemon": False, "server": False, "listen": [], "modulemap": [], "config": None,
-            "rest": []}
+            "rest": [], "user": None, "insecure": False}
     i = 0
     while i < len(argv):
         a = argv[i]
         i += 1
         name, eq, value = a.partition("=")
-        if name in ("--gokr.listen", "--gokr.modulemap", "--modulemap", "--gokr.config"):
+        if name == "--gokr.insecure_writable_modules":
+            opts["insecure"] = True
+            continue
+        if name in ("--gokr.listen", "--gokr.modulemap", "--modulemap", "--gokr.config", "--gokr.user"):
             if not eq:
                 if i >= len(argv):
                     raise ConfigError("%s needs a value" % name)
                 value = argv[i]
                 i += 1
             key = name.split(".")[-1].lstrip("-")
-            if key == "config":
-                opts["config"] = value
+            if key in ("config", "user"):
+                opts[key] = value
             else:
                 opts[key].append(value)
             continue
@@ -348,6 +357,36 @@ def build_config(opts):
     return cfg
 
 
+def _prepare_for_chroot():
+    """Loads now what serving needs later from the file system we leave."""
+    __import__("encodings.idna")
+    import rsync_delta
+    rsync_delta.checksum1(b"x")
+    for name in ("rsync_compress", "rsync_conf"):
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+    rsync.prime_id_caches()
+    time.strftime("%Y")
+
+
+def confine(cfg, opts, log=lambda msg: None):
+    """The jail (root on Linux), or refusing writable modules (not root)."""
+    mods = list(cfg.modules.values())
+    if rsync_jail.can_jail():
+        user = opts.get("user") or "nobody"
+        uid, gid = rsync_jail.lookup_user(user)
+        inside = rsync_jail.enter([(m.name, m.path, m.writable) for m in mods], prepare=_prepare_for_chroot)
+        for m in mods:
+            m.path = inside[m.name]
+        if uid != 0:
+            rsync_jail.drop_privileges(uid, gid)
+        log("confined to %d module(s), running as %s (uid %d)" % (len(mods), user, os.geteuid()))
+    elif os.geteuid() != 0 and not opts.get("insecure"):
+        rsync_jail.check_unwritable([(m.name, m.path, m.writable) for m in mods])
+
+
 def _stdin_is_socket():
     import stat
     try:
@@ -365,9 +404,6 @@ def serve_inetd(cfg):
         peer = peer[0] if isinstance(peer, tuple) else ""
     except OSError:
         peer = ""
-    devnull = os.open(os.devnull, os.O_RDWR)
-    os.dup2(devnull, 1)
-    os.dup2(devnull, 2)
     transport = rsync.SocketTransport(sock, timeout=HANDSHAKE_TIMEOUT)
     try:
         return serve_connection(transport, cfg, peer, lambda msg: None)
@@ -395,6 +431,10 @@ def main(argv=None):
         if not cfg.modules:
             raise ConfigError("no modules configured (use --gokr.modulemap=NAME=PATH or a config file)")
         if _stdin_is_socket():
+            devnull = os.open(os.devnull, os.O_RDWR)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            confine(cfg, opts)
             return serve_inetd(cfg)
         listeners = cfg.listeners or ["localhost:873"]
         servers = []
@@ -402,8 +442,10 @@ def main(argv=None):
             host, port = parse_hostport(spec)
             srv = DaemonServer((host or "0.0.0.0", port), cfg, log)
             servers.append(srv)
+        confine(cfg, opts, log)
+        for srv in servers:
             log("gokr-rsyncd %s listening on %s:%d, modules: %s" % (
-                rsync.VERSION, host or "0.0.0.0", srv.server_address[1], ", ".join(cfg.modules)))
+                rsync.VERSION, srv.server_address[0], srv.server_address[1], ", ".join(cfg.modules)))
         for srv in servers[1:]:
             threading.Thread(target=srv.serve_forever, daemon=True).start()
         try:
@@ -411,7 +453,7 @@ def main(argv=None):
         except KeyboardInterrupt:
             pass
         return 0
-    except ConfigError as e:
+    except (ConfigError, rsync_jail.JailError) as e:
         sys.stderr.write("gokr-rsyncd: %s\n" % e)
         return rsync.RERR_SYNTAX
     except OSError as e:

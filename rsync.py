@@ -12,17 +12,25 @@ the rsync concept it belongs to (`compat_flags`, `xfer_flags_as_varint`,
 up in rsync's own sources.
 """
 
+import array
 import errno
 import grp
 import hashlib
+import mmap
 import os
 import pwd
+import queue
+import secrets
+import select
+import shutil
 import socket
 import stat
 import struct
-import sys
 import threading
 import time
+
+import rsync_delta
+import rsync_filter
 
 try:
     import rsync_md4
@@ -288,7 +296,6 @@ class PipeTransport(Transport):
     def _wait(self, fd, for_write):
         if not self.timeout:
             return
-        import select
         r, w, _ = select.select([] if for_write else [fd], [fd] if for_write else [], [], self.timeout)
         if not r and not w:
             raise RsyncError("timeout in data send/receive", RERR_TIMEOUT)
@@ -1223,7 +1230,23 @@ class FlistEncoder:
                 o.write(name)
 
 
+_ID_CACHE = None
+
+
+def prime_id_caches():
+    """Reads the whole user and group databases now, for a process that is
+    about to lose access to them (a chroot)."""
+    global _ID_CACHE
+    _ID_CACHE = ({p.pw_uid: p.pw_name for p in pwd.getpwall()},
+                 {g.gr_gid: g.gr_name for g in grp.getgrall()},
+                 {p.pw_name: p.pw_uid for p in pwd.getpwall()},
+                 {g.gr_name: g.gr_gid for g in grp.getgrall()})
+
+
 def _user_name(uid):
+    if _ID_CACHE is not None:
+        name = _ID_CACHE[0].get(uid)
+        return name.encode()[:255] if name else None
     try:
         return pwd.getpwuid(uid).pw_name.encode()[:255]
     except (KeyError, OverflowError):
@@ -1231,9 +1254,30 @@ def _user_name(uid):
 
 
 def _group_name(gid):
+    if _ID_CACHE is not None:
+        name = _ID_CACHE[1].get(gid)
+        return name.encode()[:255] if name else None
     try:
         return grp.getgrgid(gid).gr_name.encode()[:255]
     except (KeyError, OverflowError):
+        return None
+
+
+def uid_by_name(name):
+    if _ID_CACHE is not None:
+        return _ID_CACHE[2].get(name)
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return None
+
+
+def gid_by_name(name):
+    if _ID_CACHE is not None:
+        return _ID_CACHE[3].get(name)
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
         return None
 
 
@@ -1988,7 +2032,6 @@ class Session:
 
     def read_sums(self, count, s2length):
         """The block sums: count × (int32 sum1 + s2length bytes), read in slices."""
-        import array
         sum1s = array.array("I")
         sum2s = []
         rec = 4 + s2length
@@ -2530,8 +2573,6 @@ class Sender:
         out.write_parts(parts)
 
     def _send_delta(self, fd, size, head, sum1s, sum2s, updating_basis):
-        import mmap
-        import rsync_delta
         sess = self.sess
         count, blength, s2length, remainder = head
         table = rsync_delta.BlockTable(sum1s, sum2s, blength, remainder, s2length)
@@ -2646,7 +2687,6 @@ def make_filters(rules, protocol, opts):
     """The server's FilterList from the client's wire rules, or None."""
     if not rules and not opts.cvs_exclude:
         return None
-    import rsync_filter
     fl = rsync_filter.FilterList(protocol=protocol)
     try:
         for r in rules:
@@ -2853,7 +2893,6 @@ def sum_sizes_sqroot(length, protocol, xfer_len, block_size=0, full_sums=False):
 
 def _tmpname(name):
     """get_tmpname: `.NAME.XXXXXX` beside the target, within NAME_MAX."""
-    import secrets
     base = name[:MAX_NAME_LEN - 8]
     if base.startswith(b"."):
         base = base[1:] if len(base) > 1 else base
@@ -2948,7 +2987,6 @@ class Receiver:
         self.expect = []
         self.expect_lock = threading.Lock()
         self.expect_cond = threading.Condition(self.expect_lock)
-        import queue
         self.to_gen = queue.Queue()
         self.gen_error = None
         self.io_error = 0
@@ -3010,15 +3048,22 @@ class Receiver:
         if opts.numeric_ids:
             return
         for uid, name in users.items():
-            try:
-                self.uid_map[uid] = pwd.getpwnam(os.fsdecode(name)).pw_uid
-            except KeyError:
-                pass
+            mine = uid_by_name(os.fsdecode(name))
+            if mine is not None:
+                self.uid_map[uid] = mine
         for gid, name in groups.items():
-            try:
-                self.gid_map[gid] = grp.getgrnam(os.fsdecode(name)).gr_gid
-            except KeyError:
-                pass
+            mine = gid_by_name(os.fsdecode(name))
+            if mine is not None:
+                self.gid_map[gid] = mine
+
+    def _may_chgrp(self, gid):
+        """match_gid's FLAG_SKIP_GROUP: without root, only groups we are in."""
+        if self.am_root:
+            return True
+        groups = getattr(self, "_groups", None)
+        if groups is None:
+            groups = self._groups = set(os.getgroups()) | {os.getegid()}
+        return gid in groups
 
     def want_uid(self, e):
         return self.uid_map.get(e.uid, e.uid)
@@ -3062,7 +3107,7 @@ class Receiver:
                     iflags |= ITEM_REPORT_PERMS
             if opts.owner and self.am_root and self.want_uid(e) != st.st_uid:
                 iflags |= ITEM_REPORT_OWNER
-            if opts.group and self.want_gid(e) != st.st_gid:
+            if opts.group and self._may_chgrp(self.want_gid(e)) and self.want_gid(e) != st.st_gid:
                 iflags |= ITEM_REPORT_GROUP
         else:
             iflags |= ITEM_IS_NEW
@@ -3273,8 +3318,6 @@ class Receiver:
 
     def _send_sums(self, e, name, st, iflags, full_sums):
         """generate_and_send_sums over the local copy, mapped read-only."""
-        import mmap
-        import rsync_delta
         sess = self.sess
         parent, leaf = self.tree.split(name)
         try:
@@ -3314,7 +3357,6 @@ class Receiver:
         try:
             if stat.S_ISDIR(st.st_mode):
                 if self.opts.delete or self.opts.force:
-                    import shutil
                     shutil.rmtree(leaf, dir_fd=dfd)
                 else:
                     os.rmdir(leaf, dir_fd=dfd)
@@ -3425,7 +3467,7 @@ class Receiver:
         is_link = e.is_link()
         try:
             want_uid = self.want_uid(e) if opts.owner and self.am_root else -1
-            want_gid = self.want_gid(e) if opts.group else -1
+            want_gid = self.want_gid(e) if opts.group and self._may_chgrp(self.want_gid(e)) else -1
             if want_uid != -1 or want_gid != -1:
                 if st is None or (want_uid != -1 and st.st_uid != want_uid) or \
                         (want_gid != -1 and st.st_gid != want_gid):
@@ -3701,7 +3743,6 @@ class Receiver:
 
     def _receive_file(self, e, iflags, head, redoing):
         """receive_data + finish_transfer for one file."""
-        import mmap
         sess, opts = self.sess, self.opts
         count, blength, s2length, remainder = head
         name = self.target(e)
@@ -3713,27 +3754,33 @@ class Receiver:
         fd = -1
         tmp = None
         ok = False
+        dfd = -1
+        failed = None
         try:
-            dfd = self.tree.dir(parent)
-            if count:
-                try:
-                    basis_fd = os.open(leaf, os.O_RDONLY | O_NOFOLLOW, dir_fd=dfd)
-                    bsize = os.fstat(basis_fd).st_size
-                    if bsize:
-                        basis_mm = mmap.mmap(basis_fd, bsize, access=mmap.ACCESS_READ)
-                except OSError:
-                    basis_mm = None
-            if opts.inplace:
-                fd = os.open(leaf, os.O_WRONLY | os.O_CREAT | O_NOFOLLOW, 0o600, dir_fd=dfd)
-            else:
-                for _ in range(100):
-                    tmp = _tmpname(leaf)
+            try:
+                dfd = self.tree.dir(parent)
+                if count:
                     try:
-                        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW, 0o600,
-                                     dir_fd=dfd)
-                        break
-                    except FileExistsError:
-                        continue
+                        basis_fd = os.open(leaf, os.O_RDONLY | O_NOFOLLOW, dir_fd=dfd)
+                        bsize = os.fstat(basis_fd).st_size
+                        if bsize:
+                            basis_mm = mmap.mmap(basis_fd, bsize, access=mmap.ACCESS_READ)
+                    except OSError:
+                        basis_mm = None
+                if opts.inplace:
+                    fd = os.open(leaf, os.O_WRONLY | os.O_CREAT | O_NOFOLLOW, 0o600, dir_fd=dfd)
+                else:
+                    for _ in range(100):
+                        tmp = _tmpname(leaf)
+                        try:
+                            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW, 0o600,
+                                         dir_fd=dfd)
+                            break
+                        except FileExistsError:
+                            continue
+            except OSError as err:
+                tmp = None
+                failed = 'rsync: [receiver] mkstemp "%s" failed: %s' % (_show(name), _errtext(err))
             offset = 0
             bview = memoryview(basis_mm) if basis_mm is not None else None
             chunk = None
@@ -3746,11 +3793,12 @@ class Receiver:
                         if t > (1 << 24):
                             raise ProtocolError("literal run of %d bytes is too long" % t)
                         data = inp.read(t)
-                        h.update(data)
-                        if opts.inplace:
-                            os.pwrite(fd, data, offset)
-                        else:
-                            _write_all(fd, data)
+                        if failed is None:
+                            h.update(data)
+                            if opts.inplace:
+                                os.pwrite(fd, data, offset)
+                            else:
+                                _write_all(fd, data)
                         offset += t
                         self.stats.literal_data += t
                     else:
@@ -3759,6 +3807,9 @@ class Receiver:
                             raise ProtocolError("block index %d out of range (%d blocks)" % (i, count))
                         start = i * blength
                         blen = remainder if (i == count - 1 and remainder) else blength
+                        if failed is not None:
+                            offset += blen
+                            continue
                         if bview is None or start + blen > len(bview):
                             raise ProtocolError("the basis file changed during the transfer", RERR_FILEIO)
                         chunk = bview[start:start + blen]
@@ -3777,6 +3828,9 @@ class Receiver:
                 if bview is not None:
                     bview.release()
             digest = inp.read(sess.checksums.xfer_len)
+            if failed is not None:
+                self.warn(failed)
+                return
             if opts.inplace:
                 os.ftruncate(fd, offset)
             if digest != h.digest():

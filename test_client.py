@@ -5,7 +5,6 @@ import os
 import re
 import socket
 import stat
-import struct
 import subprocess
 import threading
 
@@ -445,7 +444,8 @@ def test_rsync_connect_prog_both_ways(tmp_path, src_tree, rsync_bin):
     ours("-a", "rsync://localhost/m/", str(a) + "/",
          env={"RSYNC_CONNECT_PROG": "%s --daemon --config=%s" % (rsync_bin, conf)})
     run([rsync_bin, "-a", "rsync://localhost/m/", str(b) + "/"],
-        env=dict(os.environ, RSYNC_CONNECT_PROG=" ".join(daemon_cmd()) + " --daemon --gokr.modulemap=m=%s" % src_tree))
+        env=dict(os.environ, RSYNC_CONNECT_PROG=" ".join(daemon_cmd()) + " --daemon --gokr.modulemap=m=%s %s" % (
+            src_tree, "--gokr.user=root" if IS_ROOT else "--gokr.insecure_writable_modules")))
     sa, sb, src = snapshot(str(a)), snapshot(str(b)), snapshot(src_tree)
     assert sa == sb
     src["<hardlinks>"] = []

@@ -4,12 +4,11 @@ nothing outside the module is served, and the daemon goes on serving."""
 import os
 import random
 import socket
-import struct
 
 import pytest
 
 import rsync
-from conftest import run, snapshot
+from conftest import run
 
 
 @pytest.fixture

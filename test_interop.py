@@ -3,7 +3,6 @@ what a stock rsync daemon serving the same tree gives the same client."""
 
 import os
 import re
-import shutil
 
 import pytest
 

@@ -2,17 +2,15 @@
 stock rsync (daemon and remote shell), local copies, and a hostile sender."""
 
 import os
-import re
 import signal
 import stat
 import subprocess
-import threading
 import time
 
 import pytest
 
 import rsync
-from conftest import (IS_ROOT, client_cmd, diff_snapshots, run, snapshot)
+from conftest import IS_ROOT, diff_snapshots, run, snapshot
 from test_client import ours, stats
 
 PROTOCOLS = [27, 28, 29, 30, 31, 32]
