@@ -46,6 +46,8 @@ class Module:
         self.listed = listed
         self.writable = writable
         self.timeout = 0
+        self.max_connections = 0
+        self.active = 0
 
     def check_access(self, addr):
         """The first acl entry matching the address decides; none allows."""
@@ -86,6 +88,27 @@ class Config:
     def __init__(self):
         self.listeners = []
         self.modules = {}
+        self.handshake_timeout = HANDSHAKE_TIMEOUT
+        self.max_connections = 0
+        self.active = 0
+        self.lock = threading.Lock()
+
+    def admit(self, module):
+        """max connections: one more client, globally and for the module, or
+        None with the limit that refused it."""
+        with self.lock:
+            if self.max_connections and self.active >= self.max_connections:
+                return self.max_connections
+            if module.max_connections and module.active >= module.max_connections:
+                return module.max_connections
+            self.active += 1
+            module.active += 1
+            return None
+
+    def release(self, module):
+        with self.lock:
+            self.active -= 1
+            module.active -= 1
 
     def add_module(self, m):
         if m.name in self.modules:
@@ -107,14 +130,26 @@ def load_toml(path, cfg=None):
         else:
             raise ConfigError("%s: listener without a supported type (rsyncd): %r" % (path, lst))
     for m in data.get("module", []):
-        unknown = set(m) - {"name", "path", "comment", "acl", "list", "writable"}
+        unknown = set(m) - {"name", "path", "comment", "acl", "list", "writable", "max_connections",
+                            "timeout"}
         if unknown:
             raise ConfigError("%s: module %r: unsupported key(s) %s"
                               % (path, m.get("name"), ", ".join(sorted(unknown))))
         if "name" not in m or "path" not in m:
             raise ConfigError("%s: a module needs a name and a path" % path)
-        cfg.add_module(Module(m["name"], m["path"], m.get("comment", ""), m.get("acl", []),
-                              m.get("list", True), bool(m.get("writable", False))))
+        mod = Module(m["name"], m["path"], m.get("comment", ""), m.get("acl", []),
+                     m.get("list", True), bool(m.get("writable", False)))
+        mod.max_connections = int(m.get("max_connections", 0))
+        mod.timeout = int(m.get("timeout", 0))
+        cfg.add_module(mod)
+    daemon = data.get("daemon", {})
+    unknown = set(daemon) - {"handshake_timeout", "max_connections", "user"}
+    if unknown:
+        raise ConfigError("%s: [daemon]: unsupported key(s) %s" % (path, ", ".join(sorted(unknown))))
+    if "handshake_timeout" in daemon:
+        cfg.handshake_timeout = float(daemon["handshake_timeout"])
+    cfg.max_connections = int(daemon.get("max_connections", 0))
+    cfg.user = daemon.get("user")
     return cfg
 
 
@@ -164,10 +199,13 @@ def serve_connection(transport, cfg, peer, log):
     """One daemon-protocol conversation (rsync's start_daemon/rsync_module)."""
     host = peer or "UNKNOWN"
     raw = rsync.RawIn(transport)
+    admitted = None
 
     def say(text):
         transport.sendv([text.encode("utf-8", "replace")])
 
+    start = time.monotonic()
+    transport.deadline = start + cfg.handshake_timeout
     try:
         say("@RSYNCD: %d.0 %s\n" % (rsync.PROTOCOL_VERSION, AUTH_DIGESTS))
         version, sub, greeting = _read_greeting(raw)
@@ -204,9 +242,18 @@ def serve_connection(transport, cfg, peer, log):
             log("rsync denied on module %s from %s" % (module.name, host))
             say("@ERROR: access denied to %s from %s (%s)\n" % (module.name, host, host))
             return rsync.RERR_STARTCLIENT
+        if module.timeout and module.timeout < cfg.handshake_timeout:
+            transport.deadline = start + module.timeout
+        limit = cfg.admit(module)
+        if limit is not None:
+            log("max connections (%d) reached for %s from %s" % (limit, module.name, host))
+            say("@ERROR: max connections (%d) reached -- try again later\n" % limit)
+            return rsync.RERR_STARTCLIENT
+        admitted = module
         say("@RSYNCD: OK\n")
         argv = _read_args(raw, protocol)
         argv = _module_args(argv, module.name)
+        transport.deadline = None
         log("rsync on %s from %s: %s" % (module.name, host, " ".join(argv)))
         if hasattr(transport, "set_timeout"):
             transport.set_timeout(module.timeout or None)
@@ -226,6 +273,9 @@ def serve_connection(transport, cfg, peer, log):
         except (rsync.RsyncError, OSError):
             pass
         return e.code
+    finally:
+        if admitted is not None:
+            cfg.release(admitted)
 
 
 def _read_args(raw, protocol):
@@ -266,7 +316,7 @@ class _Handler(socketserver.BaseRequestHandler):
         srv = self.server
         peer = self.client_address[0] if isinstance(self.client_address, tuple) else ""
         srv.log("connect from %s" % peer)
-        transport = rsync.SocketTransport(self.request, timeout=srv.handshake_timeout)
+        transport = rsync.SocketTransport(self.request)
         try:
             serve_connection(transport, srv.cfg, peer, srv.log)
         except Exception as e:  # the daemon must outlive any one client
@@ -280,11 +330,17 @@ class DaemonServer(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     request_queue_size = 64
 
-    def __init__(self, addr, cfg, log, handshake_timeout=HANDSHAKE_TIMEOUT, family=None):
-        self.address_family = family or (socket.AF_INET6 if ":" in addr[0] else socket.AF_INET)
+    def __init__(self, addr, cfg, log, family=None, sock=None):
         self.cfg = cfg
         self.log = log
-        self.handshake_timeout = handshake_timeout
+        if sock is not None:
+            self.address_family = sock.family
+            super().__init__(addr, _Handler, bind_and_activate=False)
+            self.socket.close()
+            self.socket = sock
+            self.server_address = sock.getsockname()
+            return
+        self.address_family = family or (socket.AF_INET6 if ":" in addr[0] else socket.AF_INET)
         super().__init__(addr, _Handler)
 
 
@@ -313,14 +369,15 @@ def parse_args(argv):
         if name == "--gokr.insecure_writable_modules":
             opts["insecure"] = True
             continue
-        if name in ("--gokr.listen", "--gokr.modulemap", "--modulemap", "--gokr.config", "--gokr.user"):
+        if name in ("--gokr.listen", "--gokr.modulemap", "--modulemap", "--gokr.config", "--gokr.user",
+                    "--gokr.handshake_timeout"):
             if not eq:
                 if i >= len(argv):
                     raise ConfigError("%s needs a value" % name)
                 value = argv[i]
                 i += 1
             key = name.split(".")[-1].lstrip("-")
-            if key in ("config", "user"):
+            if key in ("config", "user", "handshake_timeout"):
                 opts[key] = value
             else:
                 opts[key].append(value)
@@ -351,10 +408,35 @@ def build_config(opts):
             raise ConfigError("--gokr.modulemap wants NAME=PATH, got %r" % mm)
         cfg.add_module(Module(name, p))
     cfg.listeners.extend(opts["listen"])
+    if opts.get("handshake_timeout"):
+        try:
+            cfg.handshake_timeout = float(opts["handshake_timeout"])
+        except ValueError:
+            raise ConfigError("--gokr.handshake_timeout wants seconds, got %r" % opts["handshake_timeout"]) from None
+    if not opts.get("user") and getattr(cfg, "user", None):
+        opts["user"] = cfg.user
     for m in cfg.modules.values():
         if not os.path.isdir(m.path):
             raise ConfigError("module %s: path %s is not a directory" % (m.name, m.path))
     return cfg
+
+
+def activation_sockets():
+    """systemd socket activation: LISTEN_FDS sockets from fd 3, if they are
+    meant for this process (LISTEN_PID)."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return []
+    try:
+        n = int(os.environ.get("LISTEN_FDS", "0"))
+    except ValueError:
+        return []
+    for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(key, None)
+    socks = []
+    for fd in range(3, 3 + n):
+        os.set_inheritable(fd, False)
+        socks.append(socket.socket(fileno=fd))
+    return socks
 
 
 def _prepare_for_chroot():
@@ -404,7 +486,7 @@ def serve_inetd(cfg):
         peer = peer[0] if isinstance(peer, tuple) else ""
     except OSError:
         peer = ""
-    transport = rsync.SocketTransport(sock, timeout=HANDSHAKE_TIMEOUT)
+    transport = rsync.SocketTransport(sock)
     try:
         return serve_connection(transport, cfg, peer, lambda msg: None)
     finally:
@@ -436,12 +518,11 @@ def main(argv=None):
             os.dup2(devnull, 2)
             confine(cfg, opts)
             return serve_inetd(cfg)
-        listeners = cfg.listeners or ["localhost:873"]
-        servers = []
-        for spec in listeners:
-            host, port = parse_hostport(spec)
-            srv = DaemonServer((host or "0.0.0.0", port), cfg, log)
-            servers.append(srv)
+        servers = [DaemonServer(None, cfg, log, sock=s) for s in activation_sockets()]
+        if not servers:
+            for spec in cfg.listeners or ["localhost:873"]:
+                host, port = parse_hostport(spec)
+                servers.append(DaemonServer((host or "0.0.0.0", port), cfg, log))
         confine(cfg, opts, log)
         for srv in servers:
             log("gokr-rsyncd %s listening on %s:%d, modules: %s" % (

@@ -223,7 +223,10 @@ class Transport:
 
 
 class SocketTransport(Transport):
-    """A connected socket (TCP, or one end of a socketpair)."""
+    """A connected socket (TCP, or one end of a socketpair). With a
+    `deadline` (a time.monotonic() value) every read must finish by then."""
+
+    deadline = None
 
     def __init__(self, sock, timeout=None):
         self.sock = sock
@@ -234,6 +237,11 @@ class SocketTransport(Transport):
         self.sock.settimeout(timeout)
 
     def recv(self, n):
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise RsyncError("timeout waiting for data from the peer", RERR_TIMEOUT)
+            self.sock.settimeout(left)
         try:
             return self.sock.recv(n)
         except socket.timeout:

@@ -129,3 +129,82 @@ def test_daemon_cli_errors(tmp_path):
 def test_module_args_strip_module_name():
     assert daemon._module_args(["--server", "--sender", "-r", ".", "m/a", "m", "m/"], "m") == \
         ["--server", "--sender", "-r", ".", "a", ".", "."]
+
+
+def test_handshake_deadline_drops_idle_and_trickling_clients(our_daemon_factory, tmp_path, rsync_bin):
+    import socket
+    import time
+    mod = tree(tmp_path)
+    d = our_daemon_factory({"m": str(mod)}, extra=["--gokr.handshake_timeout=1.5"])
+    idle = socket.create_connection(("127.0.0.1", d.port))
+    trickle = socket.create_connection(("127.0.0.1", d.port))
+    trickle.sendall(b"@RSYNCD: 32.0 md5\n")
+    t0 = time.monotonic()
+    closed = {idle: None, trickle: None}
+    while None in closed.values() and time.monotonic() - t0 < 20:
+        for s, v in closed.items():
+            if v is None:
+                s.settimeout(0.2)
+                try:
+                    if s is trickle:
+                        s.sendall(b"m"[:1])
+                    data = s.recv(4096)
+                    if not data:
+                        closed[s] = time.monotonic() - t0
+                except socket.timeout:
+                    pass
+                except OSError:
+                    closed[s] = time.monotonic() - t0
+    assert closed[idle] is not None and closed[trickle] is not None, closed
+    assert run([rsync_bin, "-a", d.url + "/m/a", str(tmp_path / "x")]).returncode == 0
+
+
+def test_max_connections(tmp_path, our_daemon_factory, rsync_bin):
+    import socket
+    mod = tree(tmp_path)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[[module]]\nname = "m"\npath = "%s"\nmax_connections = 1\n' % mod)
+    d = our_daemon_factory({}, extra=["--gokr.config=%s" % cfg])
+    holder = socket.create_connection(("127.0.0.1", d.port))
+    holder.sendall(b"@RSYNCD: 32.0 md5\nm\n")
+    buf = b""
+    while b"@RSYNCD: OK" not in buf:
+        buf += holder.recv(4096)
+    p = run([rsync_bin, "-a", d.url + "/m/a", str(tmp_path / "x")], check=False)
+    assert p.returncode == 5 and b"max connections (1) reached" in p.stderr
+    holder.close()
+    import time
+    for _ in range(50):
+        p = run([rsync_bin, "-a", d.url + "/m/a", str(tmp_path / "x")], check=False)
+        if p.returncode == 0:
+            break
+        time.sleep(0.1)
+    assert p.returncode == 0
+
+
+def test_socket_activation(tmp_path, rsync_bin):
+    import socket
+    import subprocess
+    import sys
+    from conftest import IS_ROOT, stop
+    mod = tree(tmp_path)
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(8)
+    port = lsock.getsockname()[1]
+    fd = lsock.fileno()
+
+    def child():
+        os.dup2(fd, 3)
+        os.set_inheritable(3, True)
+    user = "--gokr.user=root" if IS_ROOT else "--gokr.insecure_writable_modules"
+    p = subprocess.Popen(["sh", "-c", 'LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"', "sh", sys.executable,
+                          daemon.__file__, "--daemon", "--gokr.modulemap=m=%s" % mod, user],
+                         preexec_fn=child, close_fds=False, stderr=subprocess.DEVNULL)
+    lsock.close()
+    try:
+        out = run([rsync_bin, "-a", "rsync://127.0.0.1:%d/m/" % port, str(tmp_path / "dst") + "/"])
+        assert out.returncode == 0
+        assert sorted(os.listdir(tmp_path / "dst")) == ["a", "locked", "vanish", "z"]
+    finally:
+        stop(p)
