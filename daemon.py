@@ -444,11 +444,12 @@ def _prepare_for_chroot():
     __import__("encodings.idna")
     import rsync_delta
     rsync_delta.checksum1(b"x")
-    for name in ("rsync_compress", "rsync_conf"):
+    for name in ("rsync_compress", "rsync_conf", "rsync_md4", "rsync_sshd"):
         try:
             __import__(name)
         except ImportError:
             pass
+    rsync.new_hash("md4").update(b"x")
     rsync.prime_id_caches()
     time.strftime("%Y")
 

@@ -32,10 +32,11 @@ import time
 import rsync_delta
 import rsync_filter
 
-try:
+
+def _md4():
+    """rsync_md4 is loaded on first use: its pycryptodome backend is slow to import."""
     import rsync_md4
-except ImportError:  # pragma: no cover
-    rsync_md4 = None
+    return rsync_md4
 
 VERSION = "0.1.0"
 PROTOCOL_VERSION = 32
@@ -812,8 +813,7 @@ def available_checksums():
     """Our checksum names in rsync's order of preference."""
     names = ["xxh128", "xxh3", "xxh64"] if xxhash else []
     names += ["md5"]
-    if rsync_md4 is not None:
-        names.append("md4")
+    names.append("md4")
     names.append("sha1")
     return names
 
@@ -838,7 +838,7 @@ def new_hash(name, seed=0):
     if name == "md5":
         return hashlib.md5()
     if name == "md4":
-        return rsync_md4.md4()
+        return _md4().md4()
     if name == "sha1":
         return hashlib.sha1()
     s = seed & 0xFFFFFFFFFFFFFFFF
