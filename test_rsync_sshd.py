@@ -456,6 +456,27 @@ def test_unauthenticated_connections_are_capped(start_listener, module, keys, rs
     assert serves(listener, rsync_bin, keys["listed"], tmp_path / "dst")
 
 
+def test_client_vanishing_mid_transfer_ends_only_its_session(start_listener, module, keys, rsync_bin,
+                                                             tmp_path):
+    with open(module / "big", "wb") as f:
+        f.write(os.urandom(32 << 20))
+    listener = start_listener(module)
+    dst = tmp_path / "partial"
+    dst.mkdir()
+    p = subprocess.Popen([rsync_bin, "-a", "--bwlimit=2000", "-e", rsh(listener.port, keys["listed"]),
+                          "rsync://127.0.0.1/m/big", str(dst) + "/"],
+                         env=ENV, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: any(f.stat().st_size for f in dst.iterdir()), "the transfer to start")
+    finally:
+        os.killpg(p.pid, 9)
+        p.wait()
+    wait_for(lambda: any(line.startswith("finished m") for line in listener.logs), "the session to end")
+    os.unlink(module / "big")
+    assert serves(listener, rsync_bin, keys["listed"], tmp_path / "dst")
+
+
 def test_shutdown_ends_sessions(start_listener, module, keys):
     listener = start_listener(module)
     p = subprocess.Popen([SSH, *ssh_opts(listener.port, keys["listed"]), "127.0.0.1", *DAEMON_ARGV],
