@@ -1,0 +1,467 @@
+"""rsync_conf: rsyncd.conf.  Tables pin the behaviour down; where stock
+rsync can be asked (a stock rsyncd on loopback) it is asked, and our answers
+must equal its answers.
+
+Tests that need stock rsync fail instead of skipping when CI is set."""
+
+import itertools
+import os
+import re
+import socket
+import subprocess
+import time
+
+import pytest
+
+import rsync_conf as rc
+from conftest import IS_ROOT, stop
+
+_serial = itertools.count()
+
+
+def conf(text):
+    return rc.parse_rsyncd_conf(text, "rsyncd.conf")
+
+
+# ----------------------------------------------------------------------------
+# A stock rsyncd with our rsyncd.conf
+
+
+def free_port(address="127.0.0.1"):
+    fam = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(fam) as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]
+
+
+def have_ipv6_loopback():
+    try:
+        free_port("::1")
+        return True
+    except OSError:
+        return False
+
+
+class Rsyncd:
+    """rsync --daemon --no-detach on a loopback port.  body is the rest of
+    rsyncd.conf: more global parameters, then modules."""
+
+    def __init__(self, rsync_bin, tmp, body, address="127.0.0.1"):
+        d = tmp / ("rsyncd%d" % next(_serial))
+        d.mkdir()
+        self.log = d / "log"
+        self.conf = d / "rsyncd.conf"
+        head = ["use chroot = no", "pid file = %s" % (d / "pid"), "log file = %s" % self.log]
+        if IS_ROOT:
+            head += ["uid = root", "gid = root"]
+        self.text = "\n".join(head) + "\n" + body
+        self.conf.write_text(self.text)
+        fam = socket.AF_INET6 if ":" in address else socket.AF_INET
+        self.address = address
+        for _ in range(5):
+            self.port = free_port(address)
+            self.proc = subprocess.Popen(
+                [rsync_bin, "--daemon", "--no-detach", "--address=" + address,
+                 "--port=%d" % self.port, "--config=%s" % self.conf],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if self._wait(fam):
+                break
+            stop(self.proc)
+        else:
+            raise RuntimeError("stock rsync daemon did not start")
+        host = "[%s]" % address if ":" in address else address
+        self.url = "rsync://%s:%d" % (host, self.port)
+
+    def _wait(self, fam):
+        for _ in range(200):
+            if self.proc.poll() is not None:
+                return False
+            try:
+                with socket.socket(fam) as s:
+                    s.settimeout(1)
+                    s.connect((self.address, self.port))
+                    return True
+            except OSError:
+                time.sleep(0.05)
+        return False
+
+    def stop(self):
+        stop(self.proc)
+
+
+@pytest.fixture
+def rsyncd(tmp_path, rsync_bin):
+    started = []
+
+    def start(body, address="127.0.0.1"):
+        d = Rsyncd(rsync_bin, tmp_path, body, address)
+        started.append(d)
+        return d
+    yield start
+    for d in started:
+        d.stop()
+
+
+def client(rsync_bin, args, password=None, timeout=120):
+    env = dict(os.environ)
+    env.pop("RSYNC_PASSWORD", None)
+    if password is not None:
+        env["RSYNC_PASSWORD"] = password
+    return subprocess.run([rsync_bin] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          stdin=subprocess.DEVNULL, env=env, timeout=timeout)
+
+
+# ----------------------------------------------------------------------------
+# Parsing
+
+REALISTIC = r"""# /etc/rsyncd.conf for the mirror host
+    ; comments start with # or ; after optional white space
+motd file = /etc/rsyncd.motd
+pid file = /run/rsyncd.pid
+port = 8873
+address = 192.0.2.10
+log file = /var/log/rsyncd.log
+lock file = /run/rsyncd.lock
+max connections = 20
+timeout = 600
+  Reverse  Lookup = no
+hosts deny = 192.0.2.66, \
+             198.51.100.0/24
+refuse options = checksum delete
+
+[pub]
+	path = /srv/pub/
+	comment = Public mirror # everything here is public
+	read only = yes
+	exclude = *.tmp .~tmp~/
+	filter = - /private/ \
+	         + /*.iso
+
+[incoming]
+path = /srv/incoming
+comment = Uploads; write only
+read only = false
+write only = true
+list = no
+hosts allow = 192.0.2.0/255.255.255.0 2001:db8::/32
+hosts deny =
+auth users = alice:rw, @uploaders:rw bob:deny
+secrets file = /etc/rsyncd.secrets
+uid = nobody
+gid = nogroup
+max connections = 2
+refuse options = *
+
+[ home  dirs ]
+path = /home/./
+use chroot = yes
+numeric ids = no
+munge symlinks = unset
+include from = /etc/rsyncd.home-include
+exclude from = /etc/rsyncd.home-exclude
+"""
+
+
+def test_realistic_conf():
+    c = conf(REALISTIC)
+    g = c.globals
+    assert (g.motd_file, g.pid_file, g.port, g.address) == (
+        "/etc/rsyncd.motd", "/run/rsyncd.pid", 8873, "192.0.2.10")
+    assert (g.log_file, g.lock_file, g.max_connections, g.timeout) == (
+        "/var/log/rsyncd.log", "/run/rsyncd.lock", 20, 600)
+    assert g.reverse_lookup is False
+    assert [m.name for m in c.modules] == ["pub", "incoming", "home dirs"]
+    pub, inc, home = c.modules
+    assert pub.path == "/srv/pub" and pub.lineno == 16
+    assert pub.comment == "Public mirror # everything here is public"
+    assert pub.read_only and not pub.write_only and pub.list
+    assert pub.filter_rules == [("filter", "- /private/ \t         + /*.iso"),
+                                ("exclude", "*.tmp .~tmp~/")]
+    assert pub.hosts_allow == [] and pub.hosts_deny == ["192.0.2.66", "198.51.100.0/24"]
+    assert pub.refuse_options == ["checksum", "delete"]
+    assert (pub.max_connections, pub.timeout, pub.log_file) == (20, 600, "/var/log/rsyncd.log")
+    assert pub.auth_users == [] and pub.secrets_file is None
+    assert pub.use_chroot and not pub.use_chroot_required
+
+    assert inc.comment == "Uploads; write only"
+    assert not inc.read_only and inc.write_only and not inc.list
+    assert inc.hosts_allow == ["192.0.2.0/255.255.255.0", "2001:db8::/32"]
+    assert inc.hosts_deny == []
+    assert inc.auth_users == ["alice:rw", "@uploaders:rw", "bob:deny"]
+    assert (inc.secrets_file, inc.uid, inc.gid) == ("/etc/rsyncd.secrets", "nobody", "nogroup")
+    assert inc.max_connections == 2 and inc.refuse_options == ["*"]
+
+    assert home.path == "/home/." and home.lineno == 39
+    assert home.use_chroot and home.use_chroot_required
+    assert home.numeric_ids is False and home.munge_symlinks is None
+    assert home.filter_rules == [("include from", "/etc/rsyncd.home-include"),
+                                 ("exclude from", "/etc/rsyncd.home-exclude")]
+    assert c.module("home dirs") is home and c.module("pub") is pub
+    assert c.module("Pub") is None and c.module("homedirs") is None
+    assert c.warnings == []
+
+
+EVERY_GLOBAL = """motd file = /m
+pid file = /p
+port = 1873
+address = ::1
+"""
+
+EVERY_LOCAL = {
+    "path": ("/data/x//", "path", "/data/x"),
+    "comment": ("the comment", "comment", "the comment"),
+    "read only": ("no", "read_only", False),
+    "write only": ("yes", "write_only", True),
+    "list": ("false", "list", False),
+    "hosts allow": ("10.0.0.1 10.0.0.2,10.0.0.3", "hosts_allow", ["10.0.0.1", "10.0.0.2", "10.0.0.3"]),
+    "hosts deny": ("*", "hosts_deny", ["*"]),
+    "max connections": ("7", "max_connections", 7),
+    "timeout": ("-1", "timeout", -1),
+    "auth users": ("a b,c:ro", "auth_users", ["a", "b", "c:ro"]),
+    "secrets file": ("/s", "secrets_file", "/s"),
+    "strict modes": ("0", "strict_modes", False),
+    "uid": ("u", "uid", "u"),
+    "gid": ("g1, g2", "gid", "g1, g2"),
+    "use chroot": ("no", "use_chroot", False),
+    "refuse options": ("  a  b ", "refuse_options", ["a", "b"]),
+    "log file": ("/l", "log_file", "/l"),
+    "lock file": ("/k", "lock_file", "/k"),
+    "reverse lookup": ("no", "reverse_lookup", False),
+    "forward lookup": ("no", "forward_lookup", False),
+    "numeric ids": ("yes", "numeric_ids", True),
+    "munge symlinks": ("no", "munge_symlinks", False),
+    "ignore errors": ("yes", "ignore_errors", True),
+    "ignore nonreadable": ("TRUE", "ignore_nonreadable", True),
+    "dont compress": ("*.gz *.zst", "dont_compress", "*.gz *.zst"),
+    "transfer logging": ("1", "transfer_logging", True),
+    "log format": ("%t %o %f", "log_format", "%t %o %f"),
+}
+
+
+def test_every_parameter_in_a_module():
+    text = EVERY_GLOBAL + "[m]\n" + "".join(
+        "%s = %s\n" % (name, value) for name, (value, _, _) in EVERY_LOCAL.items())
+    text += "filter = - f\ninclude = i\nexclude = e\ninclude from = /if\nexclude from = /ef\n"
+    c = conf(text)
+    g, (m,) = c.globals, c.modules
+    assert (g.motd_file, g.pid_file, g.port, g.address) == ("/m", "/p", 1873, "::1")
+    for name, (_, attr, want) in EVERY_LOCAL.items():
+        assert getattr(m, attr) == want, name
+    assert m.filter_rules == [("filter", "- f"), ("include from", "/if"), ("include", "i"),
+                              ("exclude from", "/ef"), ("exclude", "e")]
+    assert not m.use_chroot_required
+
+
+def test_every_local_parameter_is_a_global_default():
+    text = "".join("%s = %s\n" % (name, value) for name, (value, _, _) in EVERY_LOCAL.items())
+    c = conf(text + "exclude = e\n[m]\n[n]\npath = /n\ncomment =\n")
+    m, n = c.modules
+    for name, (_, attr, want) in EVERY_LOCAL.items():
+        assert getattr(c.globals, attr) == want, name
+        assert getattr(m, attr) == want, name
+    assert n.path == "/n" and n.comment == ""
+    assert m.filter_rules == n.filter_rules == [("exclude", "e")]
+
+
+def test_defaults():
+    g, (m,) = (lambda c: (c.globals, c.modules))(conf("[m]\npath = /\n"))
+    assert m.path == "/" and m.comment == ""
+    assert m.read_only and not m.write_only and m.list
+    assert m.hosts_allow == m.hosts_deny == m.auth_users == m.refuse_options == m.filter_rules == []
+    assert (m.max_connections, m.timeout, m.secrets_file, m.uid, m.gid) == (0, 0, None, None, None)
+    assert m.strict_modes and m.use_chroot and not m.use_chroot_required
+    assert m.numeric_ids is None and m.munge_symlinks is None
+    assert m.reverse_lookup and m.forward_lookup
+    assert not (m.ignore_errors or m.ignore_nonreadable or m.transfer_logging)
+    assert m.lock_file == "/var/run/rsyncd.lock" and m.log_file is None
+    assert m.log_format == "%o %h [%a] %m (%u) %f %l" and m.dont_compress is None
+    assert (g.motd_file, g.pid_file, g.port, g.address) == (None, None, 0, None)
+
+
+@pytest.mark.parametrize("line", [
+    "read only = no", "READ ONLY = no", "readonly = no", "  Read\t  Only  = no", "R E A D ONLY=no",
+    "read only = No", "read only = FALSE", "read only = 0", "read only = n o",
+])
+def test_names_ignore_case_and_white_space(line):
+    assert conf("[m]\npath = /x\n%s\n" % line).modules[0].read_only is False
+
+
+@pytest.mark.parametrize("value,want", [
+    ("yes", True), ("YES", True), ("true", True), ("True", True), ("1", True), ("y es", True),
+    ("no", False), ("NO", False), ("false", False), ("0", False),
+])
+def test_booleans(value, want):
+    assert conf("list = %s\n[m]\npath=/\n" % value).modules[0].list is want
+
+
+@pytest.mark.parametrize("value,attr,want", [
+    ("unset", "use_chroot", True), ("-1", "numeric_ids", None), ("UNSET", "munge_symlinks", None),
+    ("yes", "munge_symlinks", True), ("no", "numeric_ids", False),
+])
+def test_three_valued_booleans(value, attr, want):
+    name = attr.replace("_", " ")
+    assert getattr(conf("[m]\npath=/x\n%s = %s\n" % (name, value)).modules[0], attr) is want
+
+
+def test_use_chroot_and_what_it_implies():
+    c = conf("[plain]\npath=/a\n[yes]\npath=/a\nuse chroot=yes\n[no]\npath=/a\nuse chroot=no\n"
+             "[dot]\npath=/a/./b\n[dotroot]\npath=/a/./\n[dotno]\npath=/a/./b\nuse chroot = no\n")
+    got = {m.name: (m.use_chroot, m.use_chroot_required) for m in c.modules}
+    assert got == {"plain": (True, False), "yes": (True, True), "no": (False, False),
+                   "dot": (True, True), "dotroot": (True, False), "dotno": (False, False)}
+    plain, dot, dotroot = c.module("plain"), c.module("dot"), c.module("dotroot")
+    assert plain.munge_symlinks_for(True) is False and plain.munge_symlinks_for(False) is True
+    assert dot.munge_symlinks_for(True) is True and dotroot.munge_symlinks_for(True) is False
+    assert plain.numeric_ids_for(True) is True and plain.numeric_ids_for(False) is False
+    m = conf("[m]\npath=/a\nnumeric ids = no\nmunge symlinks = yes\n").modules[0]
+    assert m.numeric_ids_for(True) is False and m.munge_symlinks_for(True) is True
+    m = conf("[m]\npath=/a\nnumeric ids = yes\n").modules[0]
+    assert m.numeric_ids_for(False) is True
+
+
+def test_params_c_lexing():
+    text = (
+        "comment = one \\\n   two\n"                # continuation keeps both sides' blanks
+        "[a]\npath = /a\n"
+        "[b]\npath = /b\ncomment = tail blanks   \t\n"
+        "[c]\npath = /c\ncomment = x \\\n\n"          # continued onto an empty line
+        "[d]\npath = /d\ncomment = a\rb\r\n"          # carriage returns vanish
+        "[e]\npath = /e\ncomm\\\nent = joined name\n"
+        "\\  [f] path = /ignored\n"                   # a stray backslash is skipped
+        "path = /f\n"
+        "[my \\\n   mod]\npath = /g\n"
+        "[ h ]   # rest of a header line is ignored\npath=/h\n"
+        "   # indented comment\n"
+        "  ; another = 1\n"
+        "[i]\npath=/i\ncomment = #not a comment; nor this\n"
+        "[j]\npath = =/j=\ncomment == =\n"
+        "[k]\npath = /k\ncomment = before NUL\0after\n[zzz]\npath=/z\n"
+    )
+    c = conf(text)
+    got = {m.name: (m.path, m.comment) for m in c.modules}
+    assert got == {
+        "a": ("/a", "one    two"),
+        "b": ("/b", "tail blanks"),
+        "c": ("/c", "x "),
+        "d": ("/d", "ab"),
+        "e": ("/e", "joined name"),
+        "f": ("/f", "one    two"),
+        "my mod": ("/g", "one    two"),
+        "h": ("/h", "one    two"),
+        "i": ("/i", "#not a comment; nor this"),
+        "j": ("=/j=", "= ="),
+        "k": ("/k", "before NUL"),
+    }
+
+
+def test_global_section_and_reopened_modules():
+    c = conf("read only = no\n"
+             "[a]\npath = /a\n"
+             "[global]\ncomment = late\nread only = yes\ntimeout = 5\n"
+             "[b]\npath = /b\n"
+             "[ A ]\ntimeout = 9\n")
+    a, b = c.modules
+    assert (a.name, a.comment, a.read_only, a.timeout) == ("a", "late", False, 9)
+    assert (b.name, b.comment, b.read_only, b.timeout) == ("b", "late", True, 5)
+    assert c.globals.comment == "late" and c.globals.timeout == 5
+
+
+def test_path_may_come_from_the_globals():
+    c = conf("path = /srv/\n[a]\n[b]\npath = /b\n")
+    assert [m.path for m in c.modules] == ["/srv", "/b"]
+
+
+@pytest.mark.parametrize("text,line,msg", [
+    ("[m]\npath = /x\nfoo bar = 1\n", 3, 'unknown parameter "foo bar"'),
+    ("[m]\npath = /x\npre-xfer exec = /bin/true\n", 3, 'unsupported parameter "pre-xfer exec"'),
+    ("\n\n[m]\npath = /x\nread_only = no\n", 5, 'unknown parameter "read_only"'),
+    ("bind address = 127.0.0.1\n", 1, 'unknown parameter "bind address"'),
+    ("charset = utf-8\n", 1, 'unsupported parameter "charset"'),
+    ("-path = /x\n", 1, 'unknown parameter "-path"'),
+    ("read only = maybe\n", 1, '"read only" wants yes or no'),
+    ("use chroot = perhaps\n", 1, "unset"),
+    ("\n\n[m]\npath = /x\nlist = \\\n  maybe\n", 5, '"list" wants yes or no'),
+    ("timeout = 10s\n", 1, '"timeout" wants a whole number, not "10s"'),
+    ("port = \n", 1, '"port" wants a whole number'),
+    ("[m]\nmotd file = /x\npath=/x\n", 2, '"motd file" is a global parameter'),
+    ("[m]\npath = /x\n[n]\ncomment = no path\n", 3, 'module [n] has no "path"'),
+    ("[a/b]\npath=/x\n", 1, 'must not contain "/"'),
+    ("\n[ ]\npath=/x\n", 2, "empty module name"),
+    ("[m\npath=/x\n", 1, 'lacks its "]"'),
+    ("[m", 1, 'lacks its "]"'),
+    ("= x\n", 1, 'parameter name is missing before "="'),
+    ("[m]\npath=/x\n&include /etc/rsyncd.d\n", 3, '"&include" directives are not supported'),
+    ("&merge /etc/rsyncd.inc\n", 1, '"&merge" directives are not supported'),
+])
+def test_errors_name_the_line(text, line, msg):
+    with pytest.raises(rc.ConfigError) as e:
+        conf(text)
+    assert str(e.value).startswith("rsyncd.conf:%d: " % line)
+    assert msg in str(e.value)
+
+
+def test_what_rsync_skips_becomes_a_warning():
+    c = conf("just some words\n[m]\npath = /x\nrefuse options = compress nosuchoption !nope\n"
+             "no equals at the end")
+    assert c.modules[0].refuse_options == ["compress", "nosuchoption", "!nope"]
+    assert c.warnings == [
+        'rsyncd.conf:1: ignoring line without "=": just some words',
+        'rsyncd.conf:5: ignoring last line, it has no "=": no equals at the end',
+    ]
+
+
+def test_lists_as_rsync_splits_them():
+    m = conf("[m]\npath=/x\nauth users = , joe:deny, @Some Group:deny, ,admin:rw \n"
+             "hosts allow = ,\nhosts deny = a,,b\tc\n").modules[0]
+    assert m.auth_users == ["joe:deny", "@Some Group:deny", "admin:rw"]
+    assert m.hosts_allow == [","] and m.hosts_deny == ["a", "b", "c"]
+    assert rc.conf_tokens(" a, b\tc\r\n") == ["a", "b", "c"]
+
+
+def test_load_rsyncd_conf(tmp_path):
+    p = tmp_path / "rsyncd.conf"
+    p.write_bytes(b"[m]\npath = /x\ncomment = caf\xc3\xa9 \xff\n")
+    c = rc.load_rsyncd_conf(str(p))
+    assert c.path == str(p) and c.modules[0].comment == "caf\xe9 \udcff"
+    with pytest.raises(rc.ConfigError, match="unable to open config file"):
+        rc.load_rsyncd_conf(str(tmp_path / "missing.conf"))
+    p.write_text("[m]\npath=/x\ntimeout = x\n")
+    with pytest.raises(rc.ConfigError, match="^%s:3: " % re.escape(str(p))):
+        rc.load_rsyncd_conf(str(p))
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root to plant another user's symlink")
+def test_load_refuses_a_symlink_owned_by_someone_else(tmp_path):
+    real = tmp_path / "real.conf"
+    real.write_text("[m]\npath = /x\n")
+    link = tmp_path / "link.conf"
+    link.symlink_to(real)
+    assert rc.load_rsyncd_conf(str(link)).modules[0].path == "/x"
+    os.lchown(link, 4321, 4321)
+    with pytest.raises(rc.ConfigError, match="unable to open config file"):
+        rc.load_rsyncd_conf(str(link))
+
+
+LISTED = (
+    "reverse lookup = no\n"
+    "comment = global default \\\n  comment\n"
+    "[plain]\npath = /tmp\n"
+    "[ spaced   name ]\npath = /tmp\ncomment = with   inner   spaces  \n"
+    "[hidden]\npath = /tmp\nlist = no\ncomment = not listed\n"
+    "[global]\ncomment = late default\n"
+    "[hash]\npath = /tmp\ncomment = # kept ; kept\n"
+    "[cont]\npath = /tmp\ncomment = a \\\n  b \\\n\n"
+    "[PLAIN]\ncomment = reopened\n"
+    "[crlf]\r\npath = /tmp\r\ncomment = crlf\r\n"
+    "\\  [bs]\npath = /tmp\n"
+)
+
+
+def test_stock_rsyncd_lists_the_modules_and_comments_we_parse(rsyncd, rsync_bin):
+    d = rsyncd(LISTED)
+    ours = rc.parse_rsyncd_conf(d.text, "rsyncd.conf")
+    p = client(rsync_bin, [d.url + "/"])
+    assert p.returncode == 0, p.stderr
+    want = ["%-15s\t%s" % (m.name, m.comment) for m in ours.modules if m.list]
+    assert p.stdout.decode().split("\n")[:-1] == want
+    assert "crlf" in [m.name for m in ours.modules] and len(want) == 6
