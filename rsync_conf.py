@@ -1,18 +1,25 @@
-"""What gokr-rsyncd needs to stand in for rsyncd: rsyncd.conf as rsync 3.5.0
-reads it.
+"""What gokr-rsyncd needs to stand in for rsyncd: rsyncd.conf, and "hosts
+allow" and "hosts deny", each as rsync 3.5.0 does it.
 
-Parsing works on strings; load_rsyncd_conf is the thin part that reads the
-file.
+Parsing and matching work on strings.  The few functions that touch the
+system are thin and replaceable: load_rsyncd_conf reads the file,
+forward_lookup asks the resolver and innetgr asks NSS.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import errno
+import functools
+import ipaddress
 import os
 import re
+import socket
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+
+from rsync_filter import wildmatch
 
 _new_list = list  # ModuleConf has a field named "list"
 
@@ -145,6 +152,15 @@ class ModuleConf:
     lineno: int = 0
     list: bool = True
 
+    def allows_host(self, addr: str, hostname: str | None) -> bool:
+        """hosts allow/deny for this module (see host_allowed), with the
+        forward lookups of hostnames that "forward lookup" (on by default)
+        asks for.  hostname is the client's name when rsyncd would have
+        looked it up (RsyncdConf.wants_hostname), else None."""
+        return host_allowed(addr, hostname, self.hosts_allow, self.hosts_deny,
+                            resolve=forward_lookup if self.forward_lookup else None,
+                            netgroup=innetgr)
+
     def numeric_ids_for(self, chrooted: bool) -> bool:
         """rsyncd's choice for an unset "numeric ids": on in a chroot."""
         if chrooted:
@@ -191,6 +207,12 @@ class RsyncdConf:
             if m.name == name:
                 return m
         return None
+
+    def wants_hostname(self, module: ModuleConf) -> bool:
+        """Whether rsyncd knows the client's name when it checks the module's
+        hosts: it looks the name up on connecting if the global "reverse
+        lookup" is on (the default), else only for modules that turn it on."""
+        return self.globals.reverse_lookup or module.reverse_lookup
 
 
 class _Reader:
@@ -527,3 +549,148 @@ def _read_trusted(path: str, check: Callable[[os.stat_result], None] | None = No
             chunks.append(b)
     finally:
         os.close(fd)
+
+
+# ----------------------------------------------------------------------------
+# hosts allow / hosts deny
+
+UNDETERMINED = "UNDETERMINED"
+
+
+def host_allowed(addr: str, hostname: str | None, allow: Iterable[str], deny: Iterable[str], *,
+                 resolve: Callable[[str], list[str] | None] | None = None,
+                 netgroup: Callable[[str, str], bool] | None = None) -> bool:
+    """rsyncd's access check.  A host matching "hosts allow" gets in even if
+    "hosts deny" matches too; with an allow list and no deny list everything
+    else is refused; otherwise a host matching "hosts deny" is refused and
+    any other gets in.
+
+    addr is the client's address (an IPv4-mapped IPv6 address counts as
+    IPv4, as rsyncd sees it).  hostname is its reverse-looked-up name,
+    "UNKNOWN" when that lookup failed, or None when none was done; rsyncd
+    then matches its placeholder "UNDETERMINED" (so "*" still matches).
+    Patterns are addresses, addr/bits, addr/netmask, hostname wildcards
+    (case-insensitive), plain hostnames (also looked up with resolve, which
+    returns a name's IPv4 addresses or None; an unresolvable name in the
+    deny list counts as a match) and @netgroups (checked with netgroup).
+    """
+    addr = _unmapped(addr)
+    host = UNDETERMINED if hostname is None else hostname
+    allow = list(allow)
+    deny = list(deny)
+    if any(allow):
+        if _list_matches(allow, addr, host, False, resolve, netgroup):
+            return True
+        if not any(deny):
+            return False
+    if any(deny) and _list_matches(deny, addr, host, True, resolve, netgroup):
+        return False
+    return True
+
+
+def _unmapped(addr: str) -> str:
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return addr
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return addr
+
+
+def _list_matches(items, addr, host, deny, resolve, netgroup) -> bool:
+    for item in items:
+        for tok in re.split(r"[ ,\t]+", item.translate(_ASCII_LOWER)):
+            if tok and (_host_matches(tok, addr, host, deny, resolve, netgroup)
+                        or _addr_matches(tok, addr)):
+                return True
+    return False
+
+
+def _host_matches(tok, addr, host, deny, resolve, netgroup) -> bool:
+    if not host:
+        return False
+    if tok.startswith("@") and len(tok) > 1:
+        return bool(netgroup and netgroup(tok[1:], host))
+    if wildmatch(tok.encode("utf-8", "surrogateescape"),
+                 host.translate(_ASCII_LOWER).encode("utf-8", "surrogateescape")):
+        return True
+    if resolve is None:
+        return False
+    if all(c in ".0123456789" for c in tok) or any(c in tok for c in ":/*?["):
+        return False
+    found = resolve(tok)
+    if found is None:
+        return deny
+    return addr in found
+
+
+def _numeric_addr(text: str) -> tuple[int, bytes, int] | None:
+    """(family, address bytes, IPv6 scope) of a numeric address, parsed as
+    the C library parses it (so 127.1 and 010.0.0.1 count)."""
+    try:
+        info = socket.getaddrinfo(text, None, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
+                                  socket.AI_NUMERICHOST)
+    except (socket.gaierror, UnicodeError, ValueError):
+        return None
+    family, _, _, _, sa = info[0]
+    if family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    return family, socket.inet_pton(family, sa[0]), sa[3] if family == socket.AF_INET6 else 0
+
+
+def _addr_matches(tok: str, addr: str) -> bool:
+    if not addr:
+        return False
+    base, slash, mask = tok.partition("/")
+    if not all(c in ".0123456789" for c in base) and ":" not in base:
+        return False
+    a = _numeric_addr(addr)
+    t = _numeric_addr(base) if a else None
+    if a is None or t is None or a[0] != t[0]:
+        return False
+    if t[2] and a[2] != t[2]:
+        return False
+    size = len(a[1])
+    if not slash:
+        bits = b"\xff" * size
+    else:
+        try:
+            bits = socket.inet_pton(a[0], mask)
+        except (OSError, ValueError):
+            if not re.fullmatch(r"[ \t\n\v\f\r]*[+-]?[0-9]+", mask):
+                return False
+            n = int(mask)
+            if n == 0:
+                return True
+            if n < 0 or n > size * 8:
+                return False
+            bits = ((1 << size * 8) - (1 << (size * 8 - n))).to_bytes(size, "big")
+    return all((x ^ y) & m == 0 for x, y, m in zip(a[1], t[1], bits))
+
+
+def forward_lookup(name: str) -> list[str] | None:
+    """The IPv4 addresses of a hostname from "hosts allow"/"hosts deny"
+    (rsync asks gethostbyname), or None when it does not resolve."""
+    try:
+        return socket.gethostbyname_ex(name)[2]
+    except (OSError, UnicodeError):
+        return None
+
+
+@functools.cache
+def _innetgr_func():
+    try:
+        f = ctypes.CDLL(None).innetgr
+    except (OSError, AttributeError):
+        return None
+    f.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p]
+    f.restype = ctypes.c_int
+    return f
+
+
+def innetgr(group: str, host: str) -> bool:
+    """Whether host is in the NIS/NSS netgroup (False where the C library
+    has no netgroups)."""
+    f = _innetgr_func()
+    return bool(f and f(group.encode(), host.encode(), None, None) == 1)

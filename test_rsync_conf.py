@@ -1,9 +1,10 @@
-"""rsync_conf: rsyncd.conf.  Tables pin the behaviour down; where stock
+"""rsync_conf: rsyncd.conf and hosts allow/deny.  Tables pin the behaviour down; where stock
 rsync can be asked (a stock rsyncd on loopback) it is asked, and our answers
 must equal its answers.
 
 Tests that need stock rsync fail instead of skipping when CI is set."""
 
+import concurrent.futures
 import itertools
 import os
 import re
@@ -366,6 +367,13 @@ def test_global_section_and_reopened_modules():
     assert c.globals.comment == "late" and c.globals.timeout == 5
 
 
+def test_when_rsyncd_knows_the_hostname():
+    c = conf("[a]\npath=/a\n[b]\npath=/b\nreverse lookup = no\n")
+    assert c.wants_hostname(c.module("a")) and c.wants_hostname(c.module("b"))
+    c = conf("reverse lookup = no\n[a]\npath=/a\n[b]\npath=/b\nreverse lookup = yes\n")
+    assert not c.wants_hostname(c.module("a")) and c.wants_hostname(c.module("b"))
+
+
 def test_path_may_come_from_the_globals():
     c = conf("path = /srv/\n[a]\n[b]\npath = /b\n")
     assert [m.path for m in c.modules] == ["/srv", "/b"]
@@ -465,3 +473,181 @@ def test_stock_rsyncd_lists_the_modules_and_comments_we_parse(rsyncd, rsync_bin)
     want = ["%-15s\t%s" % (m.name, m.comment) for m in ours.modules if m.list]
     assert p.stdout.decode().split("\n")[:-1] == want
     assert "crlf" in [m.name for m in ours.modules] and len(want) == 6
+
+
+# ----------------------------------------------------------------------------
+# hosts allow / hosts deny
+
+
+def fake_dns(names):
+    def resolve(name):
+        assert not any(c in name for c in "*?[:/"), name
+        return names.get(name)
+    return resolve
+
+
+DNS = fake_dns({"gw.example": ["10.1.2.3", "10.9.9.9"], "other.example": ["10.0.0.7"]})
+
+HOST_CASES = [
+    # addresses
+    ("10.1.2.3", None, ["10.1.2.3"], [], True),
+    ("10.1.2.4", None, ["10.1.2.3"], [], False),
+    ("10.1.2.3", None, ["10.0.0.0/8"], [], True),
+    ("11.1.2.3", None, ["10.0.0.0/8"], [], False),
+    ("10.1.2.3", None, ["10.1.0.0/255.255.0.0"], [], True),
+    ("10.2.2.3", None, ["10.1.0.0/255.255.0.0"], [], False),
+    ("10.1.2.3", None, ["0.0.0.3/0.0.0.255"], [], True),
+    ("10.1.2.3", None, ["1.2.3.4/0"], [], True),
+    ("10.1.2.3", None, ["10.0.0.0/+8"], [], True),
+    ("10.1.2.3", None, ["10.1.2.3/33"], [], False),
+    ("10.1.2.3", None, ["10.1.2.3/-1"], [], False),
+    ("10.1.2.3", None, ["10.1.2.3/abc"], [], False),
+    ("10.1.2.3", None, ["10.1.2.3/"], [], False),
+    ("10.1.2.3", None, ["10.1.2.3/255.255"], [], False),
+    ("127.0.0.1", None, ["127.1"], [], True),
+    ("8.0.0.1", None, ["010.0.0.1"], [], True),
+    ("10.1.2.3", None, ["192.168.0.1, 10.1.2.0/24"], [], True),
+    ("10.1.2.3", None, ["192.168.0.1,,\t10.1.2.3"], [], True),
+    ("10.1.2.3", None, ["::/0"], [], False),
+    # IPv6, scopes, IPv4-mapped
+    ("2001:db8::1", None, ["2001:db8::/32"], [], True),
+    ("2001:db9::1", None, ["2001:db8::/32"], [], False),
+    ("2001:db8::1", None, ["2001:DB8::/ffff:ffff::"], [], True),
+    ("2001:db8::1", None, ["::/0"], [], True),
+    ("::1", None, ["::1"], [], True),
+    ("::1", None, ["127.0.0.1"], [], False),
+    ("::1", None, ["::1/129"], [], False),
+    ("fe80::1%lo", None, ["fe80::1%lo"], [], True),
+    ("fe80::1%lo", None, ["fe80::1"], [], True),
+    ("fe80::1", None, ["fe80::1%lo"], [], False),
+    ("fe80::1%lo", None, ["fe80::%lo/64"], [], True),
+    ("::ffff:10.1.2.3", None, ["10.0.0.0/8"], [], True),
+    ("::ffff:10.1.2.3", None, ["::ffff:10.1.2.3"], [], False),
+    ("::ffff:10.1.2.3", None, [], ["10.1.2.3"], False),
+    # hostnames, and the placeholder when none was looked up
+    ("10.1.2.3", "host.example.com", ["*.example.com"], [], True),
+    ("10.1.2.3", "HOST.Example.COM", ["*.EXAMPLE.com"], [], True),
+    ("10.1.2.3", "host.example.org", ["*.example.com"], [], False),
+    ("10.1.2.3", "a.b", ["?.b"], [], True),
+    ("10.1.2.3", "a.b", ["[xa].b"], [], True),
+    ("10.1.2.3", None, ["*.example.com"], [], False),
+    ("10.1.2.3", None, ["*"], [], True),
+    ("10.1.2.3", None, [], ["*"], False),
+    ("10.1.2.3", None, ["undetermined"], [], True),
+    ("10.1.2.3", "", ["*"], [], False),
+    ("10.1.2.3", "UNKNOWN", ["unknown"], [], True),
+    ("10.1.2.3", "10.1.2.3", ["10.1.2.*"], [], True),
+    ("10.1.2.3", None, ["10.1.2.*"], [], False),
+    # allow first, then deny
+    ("10.1.2.3", None, ["10.1.2.3"], ["10.1.2.3"], True),
+    ("10.1.2.3", None, ["10.0.0.1"], ["10.0.0.2"], True),
+    ("10.1.2.3", None, ["10.0.0.1"], ["10.1.2.3"], False),
+    ("10.1.2.3", None, ["10.0.0.1"], [], False),
+    ("10.1.2.3", None, [], ["10.1.2.3"], False),
+    ("10.1.2.3", None, [], ["10.0.0.1"], True),
+    ("10.1.2.3", None, [], [], True),
+    ("10.1.2.3", None, [""], [""], True),
+    ("10.1.2.3", None, [","], [], False),
+    ("10.1.2.3", None, ["10.0.0.0/8"], ["*"], True),
+    ("11.1.2.3", None, ["10.0.0.0/8"], ["*"], False),
+]
+
+
+@pytest.mark.parametrize("addr,hostname,allow,deny,want", HOST_CASES)
+def test_host_allowed(addr, hostname, allow, deny, want):
+    assert rc.host_allowed(addr, hostname, allow, deny) is want
+
+
+@pytest.mark.parametrize("addr,allow,deny,resolve,want", [
+    ("10.1.2.3", ["gw.example"], [], DNS, True),
+    ("10.9.9.9", ["GW.example"], [], DNS, True),
+    ("10.1.2.4", ["gw.example"], [], DNS, False),
+    ("10.1.2.3", ["gw.example"], [], None, False),
+    ("10.1.2.3", ["gone.example"], [], DNS, False),
+    ("10.1.2.3", [], ["gone.example"], DNS, False),
+    ("10.1.2.3", [], ["gone.example"], None, True),
+    ("10.1.2.3", [], ["other.example"], DNS, True),
+    ("10.1.2.3", ["gw.*", "10.1.2.*", "1.2.3.4", "gw.example/8"], [], DNS, False),
+    ("2001:db8::1", ["gw.example"], [], DNS, False),
+])
+def test_forward_lookups(addr, allow, deny, resolve, want):
+    assert rc.host_allowed(addr, None, allow, deny, resolve=resolve) is want
+
+
+def test_netgroups():
+    groups = {("trusted", "h.example")}
+
+    def netgroup(group, host):
+        return (group, host) in groups
+    assert rc.host_allowed("10.1.2.3", "h.example", ["@trusted"], [], netgroup=netgroup)
+    assert not rc.host_allowed("10.1.2.3", "x.example", ["@trusted"], [], netgroup=netgroup)
+    assert not rc.host_allowed("10.1.2.3", "h.example", ["@trusted"], [])
+    assert not rc.host_allowed("10.1.2.3", "h.example", [], ["@trusted"], netgroup=netgroup)
+    assert rc.host_allowed("10.1.2.3", "@", ["@"], [])
+    assert not rc.host_allowed("10.1.2.3", "x", ["@"], [])
+    assert not rc.innetgr("no-such-netgroup", "localhost")
+
+
+def rsync_client_name(addr):
+    """The name rsyncd finds for addr: reverse lookup, confirmed forward."""
+    fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    try:
+        name = socket.getnameinfo((addr, 0), socket.NI_NAMEREQD)[0]
+        found = {ai[4][0] for ai in socket.getaddrinfo(name, None, fam)}
+    except OSError:
+        return "UNKNOWN"
+    return name if addr in found else "UNKNOWN"
+
+
+STOCK_HOST_CASES = [
+    # (hosts allow, hosts deny, extra module parameters)
+    ("127.0.0.1", "", ""), ("127.0.0.2", "", ""), ("127.0.0.0/8", "", ""),
+    ("127.0.0.0/255.0.0.0", "", ""), ("0.0.0.1/0.0.0.255", "", ""), ("10.0.0.0/0", "", ""),
+    ("127.0.0.1/33", "", ""), ("127.1", "", ""), ("10.0.0.1, 127.0.0.1", "", ""), (", ,", "", ""),
+    ("10.0.0.0/8", "127.0.0.1", ""), ("127.0.0.1", "127.0.0.1", ""), ("", "127.0.0.1", ""),
+    ("", "10.0.0.1", ""), ("10.0.0.1", "10.0.0.2", ""), ("10.0.0.1", "*", ""),
+    ("::1", "", ""), ("::/0", "", ""), ("::1/128", "", ""), ("::0/ffff::", "", ""), ("", "::1", ""),
+    ("*", "", ""), ("", "*", ""), ("undetermined", "", ""), ("unknown", "", ""),
+    ("local*", "", ""), ("local*", "", "reverse lookup = yes"),
+    ("LOCALHOST", "", "reverse lookup = yes"), ("unknown", "", "reverse lookup = yes"),
+    ("*", "", "reverse lookup = yes"),
+    ("localhost", "", ""), ("localhost", "", "forward lookup = no"),
+    ("", "localhost", ""), ("", "no-such-host.invalid", ""), ("no-such-host.invalid", "", ""),
+    ("", "no-such-host.invalid", "forward lookup = no"), ("@no-such-netgroup", "", ""),
+    ("127.0.0.1", "", "list = no"), ("127.0.0.2", "", "list = no"),
+]
+
+
+def stock_host_verdicts(rsync_bin, d, modules):
+    def ask(name):
+        p = client(rsync_bin, ["%s/%s/" % (d.url, name)])
+        err = p.stderr.decode(errors="replace")
+        if p.returncode == 0:
+            return True
+        assert "@ERROR: access denied" in err or "@ERROR: Unknown module" in err, err
+        return False
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        return dict(zip(modules, pool.map(ask, modules)))
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "::1"])
+def test_hosts_against_stock_rsyncd(rsyncd, rsync_bin, tmp_path, address):
+    if address == "::1" and not have_ipv6_loopback():
+        pytest.skip("no IPv6 loopback here")
+    body = "reverse lookup = no\n"
+    names = []
+    for i, (allow, deny, extra) in enumerate(STOCK_HOST_CASES):
+        names.append("m%d" % i)
+        body += "[m%d]\npath = %s\nhosts allow = %s\nhosts deny = %s\n%s\n" % (
+            i, tmp_path, allow, deny, extra)
+    d = rsyncd(body, address)
+    ours = rc.parse_rsyncd_conf(d.text, "rsyncd.conf")
+    theirs = stock_host_verdicts(rsync_bin, d, names)
+    looked_up = rsync_client_name(address)
+    mine = {}
+    for name in names:
+        m = ours.module(name)
+        mine[name] = m.allows_host(address, looked_up if ours.wants_hostname(m) else None)
+    diff = {n: (STOCK_HOST_CASES[int(n[1:])], mine[n], theirs[n]) for n in names if mine[n] != theirs[n]}
+    assert not diff
+    assert any(theirs.values()) and not all(theirs.values())
