@@ -1,5 +1,5 @@
-"""What gokr-rsyncd needs to stand in for rsyncd: rsyncd.conf, and "hosts
-allow" and "hosts deny", each as rsync 3.5.0 does it.
+"""What gokr-rsyncd needs to stand in for rsyncd: rsyncd.conf, "hosts allow"
+and "hosts deny", and "refuse options", each as rsync 3.5.0 does it.
 
 Parsing and matching work on strings.  The few functions that touch the
 system are thin and replaceable: load_rsyncd_conf reads the file,
@@ -194,7 +194,7 @@ class GlobalConf(ModuleConf):
 @dataclasses.dataclass
 class RsyncdConf:
     """A parsed rsyncd.conf.  warnings holds what rsync would log and skip
-    (malformed lines)."""
+    (malformed lines, refuse patterns that name no option)."""
 
     path: str
     globals: GlobalConf
@@ -452,6 +452,10 @@ class _Parser:
             if not values["path"]:
                 raise self.error(line, 'module [%s] has no "path"' % name)
             modules.append(ModuleConf(name=name, lineno=line, **_fields(values, module=True)))
+            for pattern in modules[-1].refuse_options:
+                if not _refuse_pattern_matches(pattern):
+                    self.warn(line, 'no option matches the "refuse options" pattern "%s" of [%s]'
+                              % (pattern, name))
         return RsyncdConf(self.path, gconf, modules, self.warnings)
 
 
@@ -694,3 +698,636 @@ def innetgr(group: str, host: str) -> bool:
     has no netgroups)."""
     f = _innetgr_func()
     return bool(f and f(group.encode(), host.encode(), None, None) == 1)
+
+
+# ----------------------------------------------------------------------------
+# refuse options
+
+# rsync's option table, in its order: long name, short letter, how it is
+# parsed (N: flag, V: stores a value, S: string argument, I: integer
+# argument, B: sets a bit), the variable it sets, and the value it stores or
+# the action code it hands to the option loop.  Rows that set the same
+# variable to the same value are one capability for refusing.
+_OPTION_ROWS = """
+help - N - HELP
+version V N - V
+verbose v N - v
+no-verbose - V verbose 0
+no-v - V verbose 0
+info - S - INFO
+debug - S - DEBUG
+stderr - S - STDERR
+msgs2stderr - V msgs2stderr 1
+no-msgs2stderr - V msgs2stderr 0
+quiet q N - q
+motd - V output_motd 1
+no-motd - V output_motd 0
+stats - N do_stats 0
+human-readable h N - h
+no-human-readable - V human_readable 0
+no-h - V human_readable 0
+dry-run n N dry_run 0
+archive a N - a
+recursive r V recurse 2
+no-recursive - V recurse 0
+no-r - V recurse 0
+inc-recursive - V allow_inc_recurse 1
+no-inc-recursive - V allow_inc_recurse 0
+i-r - V allow_inc_recurse 1
+no-i-r - V allow_inc_recurse 0
+dirs d V xfer_dirs 2
+no-dirs - V xfer_dirs 0
+no-d - V xfer_dirs 0
+old-dirs - V xfer_dirs 4
+old-d - V xfer_dirs 4
+perms p V preserve_perms 1
+no-perms - V preserve_perms 0
+no-p - V preserve_perms 0
+executability E N preserve_executability 0
+acls A N - A
+no-acls - V preserve_acls 0
+no-A - V preserve_acls 0
+xattrs X N - X
+no-xattrs - V preserve_xattrs 0
+no-X - V preserve_xattrs 0
+times t V preserve_mtimes 1
+no-times - V preserve_mtimes 0
+no-t - V preserve_mtimes 0
+atimes U N - U
+no-atimes - V preserve_atimes 0
+no-U - V preserve_atimes 0
+open-noatime - V open_noatime 1
+no-open-noatime - V open_noatime 0
+crtimes N V preserve_crtimes 1
+no-crtimes - V preserve_crtimes 0
+no-N - V preserve_crtimes 0
+omit-dir-times O V omit_dir_times 1
+no-omit-dir-times - V omit_dir_times 0
+no-O - V omit_dir_times 0
+omit-link-times J V omit_link_times 1
+no-omit-link-times - V omit_link_times 0
+no-J - V omit_link_times 0
+modify-window @ I modify_window MODIFY_WINDOW
+super - V am_root 2
+no-super - V am_root 0
+fake-super - V am_root -1
+owner o V preserve_uid 1
+no-owner - V preserve_uid 0
+no-o - V preserve_uid 0
+group g V preserve_gid 1
+no-group - V preserve_gid 0
+no-g - V preserve_gid 0
+- D N - D
+no-D - N - NO_D
+devices - V preserve_devices 1
+no-devices - V preserve_devices 0
+copy-devices - N copy_devices 0
+write-devices - V write_devices 1
+no-write-devices - V write_devices 0
+specials - V preserve_specials 1
+no-specials - V preserve_specials 0
+drop-D - V drop_devices 1
+no-drop-D - V drop_devices 0
+confine-root - S confine_root 0
+links l V preserve_links 1
+no-links - V preserve_links 0
+no-l - V preserve_links 0
+copy-links L N copy_links 0
+copy-unsafe-links - N copy_unsafe_links 0
+safe-links - N safe_symlinks 0
+insecure-links - V insecure_links 1
+no-insecure-links - V insecure_links 0
+munge-links - V munge_symlinks 1
+no-munge-links - V munge_symlinks 0
+copy-dirlinks k N copy_dirlinks 0
+keep-dirlinks K N keep_dirlinks 0
+hard-links H N - H
+no-hard-links - V preserve_hard_links 0
+no-H - V preserve_hard_links 0
+relative R V relative_paths 1
+no-relative - V relative_paths 0
+no-R - V relative_paths 0
+implied-dirs - V implied_dirs 1
+no-implied-dirs - V implied_dirs 0
+i-d - V implied_dirs 1
+no-i-d - V implied_dirs 0
+chmod - S - CHMOD
+ignore-times I N ignore_times 0
+size-only - N size_only 0
+one-file-system x N - x
+no-one-file-system - V one_file_system 0
+no-x - V one_file_system 0
+update u N update_only 0
+existing - N ignore_non_existing 0
+ignore-non-existing - N ignore_non_existing 0
+ignore-existing - N ignore_existing 0
+max-size - S max_size_arg MAX_SIZE
+min-size - S min_size_arg MIN_SIZE
+max-alloc - S max_alloc_arg 0
+sparse S V sparse_files 1
+no-sparse - V sparse_files 0
+no-S - V sparse_files 0
+preallocate - N preallocate_files 0
+inplace - V inplace 1
+no-inplace - V inplace 0
+append - N - APPEND
+append-verify - V append_mode 2
+no-append - V append_mode 0
+del - N delete_during 0
+delete - N delete_mode 0
+delete-before - N delete_before 0
+delete-during - V delete_during 1
+delete-delay - V delete_during 2
+delete-after - N delete_after 0
+delete-excluded - N delete_excluded 0
+delete-missing-args - B missing_args 2
+ignore-missing-args - B missing_args 1
+remove-sent-files - V remove_source_files 2
+remove-source-files - V remove_source_files 1
+force - V force_delete 1
+no-force - V force_delete 0
+ignore-errors - V ignore_errors 1
+no-ignore-errors - V ignore_errors 0
+max-delete - I max_delete 0
+- F N - F
+filter f S - FILTER
+exclude - S - EXCLUDE
+include - S - INCLUDE
+exclude-from - S - EXCLUDE_FROM
+include-from - S - INCLUDE_FROM
+cvs-exclude C N cvs_exclude 0
+whole-file W V whole_file 1
+no-whole-file - V whole_file 0
+no-W - V whole_file 0
+checksum c V always_checksum 1
+no-checksum - V always_checksum 0
+no-c - V always_checksum 0
+checksum-choice - S checksum_choice 0
+cc - S checksum_choice 0
+block-size B S - BLOCK_SIZE
+compare-dest - S - COMPARE_DEST
+copy-dest - S - COPY_DEST
+link-dest - S - LINK_DEST
+fuzzy y N - y
+no-fuzzy - V fuzzy_basis 0
+no-y - V fuzzy_basis 0
+compress z N - z
+old-compress - N - OLD_COMPRESS
+new-compress - N - NEW_COMPRESS
+no-compress - N - NO_COMPRESS
+no-z - N - NO_COMPRESS
+compress-choice - S compress_choice 0
+zc - S compress_choice 0
+skip-compress - S skip_compress 0
+compress-level - I do_compression_level 0
+zl - I do_compression_level 0
+compress-threads - I do_compression_threads 0
+zt - I do_compression_threads 0
+- P N - P
+progress - V do_progress 1
+no-progress - V do_progress 0
+partial - V keep_partial 1
+no-partial - V keep_partial 0
+partial-dir - S partial_dir 0
+delay-updates - V delay_updates 1
+no-delay-updates - V delay_updates 0
+prune-empty-dirs m V prune_empty_dirs 1
+no-prune-empty-dirs - V prune_empty_dirs 0
+no-m - V prune_empty_dirs 0
+log-file - S logfile_name 0
+log-file-format - S logfile_format 0
+out-format - S stdout_format 0
+log-format - S stdout_format 0
+itemize-changes i N - i
+no-itemize-changes - V itemize_changes 0
+no-i - V itemize_changes 0
+bwlimit - S bwlimit_arg BWLIMIT
+no-bwlimit - V bwlimit 0
+backup b V make_backups 1
+no-backup - V make_backups 0
+backup-dir - S backup_dir 0
+suffix - S backup_suffix 0
+list-only - V list_only 2
+read-batch - S batch_name READ_BATCH
+write-batch - S batch_name WRITE_BATCH
+only-write-batch - S batch_name ONLY_WRITE_BATCH
+files-from - S files_from 0
+from0 0 V eol_nulls 1
+no-from0 - V eol_nulls 0
+old-args - N - OLD_ARGS
+no-old-args - V old_style_args 0
+secluded-args s V protect_args 1
+no-secluded-args - V protect_args 0
+protect-args - V protect_args 1
+no-protect-args - V protect_args 0
+no-s - V protect_args 0
+trust-sender - V trust_sender 1
+numeric-ids - V numeric_ids 1
+no-numeric-ids - V numeric_ids 0
+usermap - S - USERMAP
+groupmap - S - GROUPMAP
+chown - S - CHOWN
+timeout - I io_timeout 0
+no-timeout - V io_timeout 0
+contimeout - I connect_timeout 0
+no-contimeout - V connect_timeout 0
+fsync - N do_fsync 0
+stop-after - S - STOP_AFTER
+time-limit - S - STOP_AFTER
+stop-at - S - STOP_AT
+rsh e S shell_cmd 0
+rsync-path - S rsync_path 0
+temp-dir T S tmpdir 0
+iconv - S iconv_opt 0
+no-iconv - N - NO_ICONV
+ipv4 4 V default_af_hint 4
+ipv6 6 V default_af_hint 6
+8-bit-output 8 V allow_8bit_chars 1
+no-8-bit-output - V allow_8bit_chars 0
+no-8 - V allow_8bit_chars 0
+mkpath - V mkpath_dest_arg 1
+no-mkpath - V mkpath_dest_arg 0
+qsort - N use_qsort 0
+copy-as - S copy_as 0
+address - S bind_address 0
+port - I rsync_port 0
+sockopts - S sockopts 0
+password-file - S password_file 0
+early-input - S early_input_file 0
+blocking-io - V blocking_io 1
+no-blocking-io - V blocking_io 0
+outbuf - S outbuf_mode 0
+remote-option M S - M
+protocol - I protocol_version 0
+checksum-seed - I checksum_seed 0
+server - N - SERVER
+sender - N - SENDER
+config - S - DAEMON
+daemon - N - DAEMON
+dparam - S - DAEMON
+detach - N - DAEMON
+no-detach - N - DAEMON
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Opt:
+    long: str
+    short: str
+    kind: str
+    var: str
+    val: int | str
+
+    def const(self) -> tuple[bool, int | str]:
+        """(True, value) when the row only assigns a constant."""
+        if self.var and (self.kind == "V" or (self.kind == "N" and self.val == 0)):
+            return True, self.val if self.kind == "V" else 1
+        return False, 0
+
+    def same_capability(self, other: _Opt) -> bool:
+        a, b = self.const(), other.const()
+        if a[0] and b[0]:
+            return self.var == other.var and a[1] == b[1]
+        if self.kind != other.kind or self.val != other.val:
+            return False
+        return self.var == other.var if self.var else (not other.var and self.val != 0)
+
+    def describe(self) -> str:
+        if not self.long:
+            return "-" + self.short
+        return "--%s (-%s)" % (self.long, self.short) if self.short else "--" + self.long
+
+
+def _rows() -> list[_Opt]:
+    rows = []
+    for line in _OPTION_ROWS.split("\n"):
+        if line:
+            lng, short, kind, var, val = line.split()
+            rows.append(_Opt("" if lng == "-" else lng, "" if short == "-" else short, kind,
+                             "" if var == "-" else var,
+                             int(val) if re.fullmatch(r"-?[0-9]+", val) else val))
+    return rows
+
+
+_OPTS = _rows()
+_LONG = {o.long: i for i, o in enumerate(_OPTS) if o.long}
+_SHORT = {o.short: i for i, o in enumerate(_OPTS) if o.short}
+
+# Options that "*" and other wildcards leave alone; naming them exactly still
+# refuses them.
+_NOT_WILD_SHORT = set("e0sn")
+_NOT_WILD_LONG = {"iconv", "no-iconv", "checksum-seed", "copy-devices", "write-devices",
+                  "log-format", "sender", "server"}
+
+# Compression names stock rsync knows ("auto" is taken care of before).
+_COMPRESS_NAMES = {"zstd", "lz4", "zlibx", "zlib", "none"}
+
+
+def _mark(marks: list[str], negated: bool, pattern: str) -> bool:
+    """Applies one refuse pattern to the marks ("a" accept, "r" refuse;
+    "*" wildcards may change it, "=" only exact names).  An exact name also
+    marks the rows that are the same capability.  Returns whether the
+    pattern named any option."""
+    is_wild = any(c in pattern for c in "*?[")
+    if pattern in ("a", "archive"):
+        pattern, is_wild = "[ardlptgoD]", True
+    pat = pattern.encode("utf-8", "surrogateescape")
+    verdict = "a" if negated else "r"
+    exact = None
+    found = False
+    for i, o in enumerate(_OPTS):
+        if (o.long and wildmatch(pat, o.long.encode())) or (o.short and wildmatch(pat, o.short.encode())):
+            if marks[i][1] == "*":
+                marks[i] = verdict + "*"
+            elif not is_wild:
+                marks[i] = verdict + "="
+            found = True
+            if not is_wild:
+                exact = i
+                break
+    if exact is not None:
+        for i, o in enumerate(_OPTS):
+            if i != exact and o.same_capability(_OPTS[exact]):
+                marks[i] = verdict + marks[i][1]
+    return found
+
+
+def _refuse_pattern_matches(pattern: str) -> bool:
+    marks = ["a*"] * len(_OPTS)
+    return _mark(marks, False, pattern[1:] if pattern.startswith("!") and len(pattern) > 1 else pattern)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Refusals:
+    rows: frozenset[int]
+    archive_part: int | None
+    named: dict[str, int]
+
+
+@functools.lru_cache(maxsize=256)
+def _refusals(patterns: tuple[str, ...]) -> _Refusals:
+    marks = []
+    for o in _OPTS:
+        wild_ok = o.short not in _NOT_WILD_SHORT and o.long not in _NOT_WILD_LONG
+        marks.append("a*" if wild_ok else "a=")
+    _mark(marks, False, "copy-devices")
+    _mark(marks, False, "write-devices")
+    for item in patterns:
+        for pattern in item.split(" "):
+            if not pattern:
+                continue
+            negated = pattern.startswith("!") and len(pattern) > 1
+            _mark(marks, negated, pattern[1:] if negated else pattern)
+    # No "charset" support, so --iconv is always refused; log-file* and
+    # insecure-links are refused by every rsyncd, and Linux builds of rsync
+    # have no crtimes.
+    for forced in ("iconv", "log-file*", "insecure-links", "crtimes"):
+        _mark(marks, False, forced)
+    rows = frozenset(i for i, m in enumerate(marks) if m[0] == "r")
+    archive_part = None
+    named = {}
+    for i in sorted(rows):
+        o = _OPTS[i]
+        if o.short in ("r", "d", "l", "p", "t", "g", "o", "D"):
+            archive_part = i
+        elif o.short == "z":
+            named["compress"] = i
+        elif not o.short and o.long in ("delete", "delete-before", "delete-during", "partial",
+                                        "progress", "inplace", "no-iconv"):
+            named[o.long] = i
+    return _Refusals(rows, archive_part, named)
+
+
+def _c_long(text: str) -> int | None:
+    """An integer as popt takes one (strtol with base 0, nothing after)."""
+    if not text:
+        return 0
+    m = re.fullmatch(r"[ \t\n\v\f\r]*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)", text)
+    if m is None:
+        return None
+    digits = m.group(2)
+    n = int(digits, 16) if digits[:2] in ("0x", "0X") else int(digits, 8) if digits[0] == "0" else int(digits)
+    n = -n if m.group(1) == "-" else n
+    return n if -(1 << 31) <= n < (1 << 31) else None
+
+
+class _ArgState(dict):
+    def __missing__(self, key):
+        return 0
+
+
+def _refuse_msg(i: int) -> str:
+    return "The server is configured to refuse " + _OPTS[i].describe()
+
+
+def refused_option(patterns: list[str], argv: list[str]) -> str | None:
+    """What rsyncd says when a module's "refuse options" forbid the server
+    argv a client sent, e.g. "The server is configured to refuse --compress
+    (-z)"; None when nothing is refused.
+
+    Patterns are wildcards over long names and short letters; "!" accepts
+    again what an earlier pattern refused; "a"/"archive" means the options
+    -a implies.  "*" leaves alone what rsync never refuses by wildcard
+    (--server, --sender, -e, -n, -s, -0, --log-format (what clients send
+    for --out-format), --checksum-seed, --iconv, --no-iconv,
+    --copy-devices, --write-devices; they can still be named).  Naming
+    an option refuses its aliases (--del with --delete-during).  Refusing
+    "delete" refuses every --delete-* and --remove-source-files on a sender;
+    "partial" refuses --inplace and --append; "inplace" refuses --append;
+    "compress" refuses -z, --compress-level and non-"none" --compress-choice.
+    Like every rsyncd, --copy-devices and --write-devices are refused unless
+    accepted with "!", and --log-file*, --insecure-links, --iconv and
+    --crtimes always.  --delete-missing-args and --ignore-missing-args
+    slip through their own refusal, as in rsync (whose parser only spoils
+    their value then, so a refused --delete-missing-args no longer implies
+    --delete either).  The argv is scanned as rsync's option parser does, so
+    the option reported is the one rsync would report; an argv rsync cannot
+    parse gets None here (the caller's own parser reports it).  Where stock
+    rsync prints "--(null) (-D)" for -D, -F and -P we say "-D".
+    """
+    ref = _refusals(tuple(patterns))
+    st = _ArgState(xfer_dirs=-1)
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        a = args[i]
+        i += 1
+        if a == "--":
+            break
+        if not a.startswith("-") or a == "-":
+            continue
+        if a.startswith("--"):
+            name, eq, value = a[2:].partition("=")
+            row = _LONG.get(name)
+            if row is None:
+                return None
+            if _OPTS[row].kind in "SI":
+                if not eq:
+                    if i >= len(args):
+                        return None
+                    value = args[i]
+                    i += 1
+            elif eq:
+                return None
+            verdict = _take(ref, st, row, value)
+            if verdict is not None:
+                return verdict or None
+            continue
+        j = 1
+        while j < len(a):
+            row = _SHORT.get(a[j])
+            j += 1
+            if row is None:
+                return None
+            value = ""
+            if _OPTS[row].kind in "SI":
+                if j < len(a):
+                    value, j = a[j + (a[j] == "="):], len(a)
+                elif i < len(args):
+                    value = args[i]
+                    i += 1
+                else:
+                    return None
+            elif a[j:j + 1] == "=":
+                return None
+            verdict = _take(ref, st, row, value)
+            if verdict is not None:
+                return verdict or None
+    return _after_options(ref, st)
+
+
+def _take(ref: _Refusals, st: _ArgState, row: int, value: str) -> str | None:
+    """One option: a refusal message, "" when rsync stops with another
+    error, None to go on."""
+    o = _OPTS[row]
+    if o.kind == "I":
+        n = _c_long(value)
+        if n is None:
+            return ""
+    if row in ref.rows:
+        if o.kind != "B":
+            return _refuse_msg(row)
+        st[o.var] |= 1 << 16
+        return None
+    if o.var:
+        if o.kind == "V":
+            st[o.var] = o.val
+        elif o.kind == "N":
+            st[o.var] = 1
+        elif o.kind == "B":
+            st[o.var] |= o.val
+        elif o.kind == "I":
+            st[o.var] = n
+        else:
+            st[o.var] = value
+        if o.var == "do_compression_level":
+            st["level_given"] = 1
+        return None
+    action = o.val
+    if action == "a":
+        if ref.archive_part is not None:
+            return _refuse_msg(ref.archive_part)
+        st["recurse"] = st["recurse"] or 1
+    elif action == "P":
+        for name in ("partial", "progress"):
+            if name in ref.named:
+                return _refuse_msg(ref.named[name])
+        st["keep_partial"] = 1
+    elif action == "z":
+        st["do_compression"] += 1
+    elif action == "NO_COMPRESS":
+        st["do_compression"] = 0
+        st["compress_choice"] = None
+    elif action in ("OLD_COMPRESS", "NEW_COMPRESS"):
+        st["compress_choice"] = "zlib" if action == "OLD_COMPRESS" else "zlibx"
+    elif action == "APPEND":
+        st["append_mode"] += 1
+    elif action == "SERVER":
+        st["iconv_opt"] = None
+    elif action == "SENDER":
+        st["am_sender"] = 1
+    elif action == "V":
+        st["version"] = 1
+    elif action in ("DAEMON", "HELP"):
+        return ""
+    elif action == "M" and not value.startswith("-"):
+        return ""
+    return None
+
+
+def _after_options(ref: _Refusals, st: _ArgState) -> str | None:
+    """The refusals rsync derives once all options are read."""
+    named = ref.named
+    if st["version"]:
+        return None
+    choice = st.get("compress_choice")
+    if choice is None and st["do_compression"] > 1:
+        choice = "zlibx"
+    if choice is not None and choice.lower() != "auto":
+        if choice.lower() not in _COMPRESS_NAMES:
+            return None
+        st["do_compression"] = int(choice.lower() != "none")
+    if (st["do_compression"] or st["level_given"]) and "compress" in named:
+        return _refuse_msg(named["compress"])
+    if "no-iconv" in named and st.get("iconv_opt") is None:
+        return _refuse_msg(named["no-iconv"])
+
+    recurse, xfer_dirs = st["recurse"], st["xfer_dirs"]
+    if st.get("files_from") is not None:
+        if recurse == 1:
+            recurse = 0
+        if xfer_dirs < 0:
+            xfer_dirs = 1
+    if xfer_dirs >= 4:
+        xfer_dirs = 1
+    elif recurse:
+        xfer_dirs = 1
+    elif xfer_dirs < 0:
+        xfer_dirs = 1 if st["list_only"] else 0
+    before, during, after = st["delete_before"], st["delete_during"], st["delete_after"]
+    if before + bool(during) + after > 1:
+        return None
+    delete_mode = st["delete_mode"]
+    if before or during or after:
+        delete_mode = 1
+    elif delete_mode or st["delete_excluded"]:
+        if "delete-before" in named and "delete-during" in named:
+            return _refuse_msg(named["delete-before"])
+        delete_mode = 1
+    if not xfer_dirs and delete_mode:
+        return None
+    if "delete" in named and (delete_mode or st["missing_args"] in (2, 3)):
+        return _refuse_msg(named["delete"])
+    if st["remove_source_files"] and "delete" in named and st["am_sender"]:
+        return _refuse_msg(named["delete"])
+
+    inplace = st["inplace"]
+    if st["append_mode"]:
+        if st["whole_file"] > 0:
+            return None
+        if "inplace" in named:
+            return _refuse_msg(named["inplace"])
+        inplace = 1
+    if st["write_devices"]:
+        if "inplace" in named:
+            return _refuse_msg(named["inplace"])
+        inplace = 1
+    partial_dir = st.get("partial_dir")
+    if st["delay_updates"] and partial_dir is None:
+        partial_dir = ".~tmp~"
+    if inplace:
+        if partial_dir is not None:
+            return None
+        if "partial" in named:
+            return _refuse_msg(named["partial"])
+    elif partial_dir is not None:
+        if _clean_dir(partial_dir) in ("", ".") and "partial" in named:
+            return _refuse_msg(named["partial"])
+    return None
+
+
+def _clean_dir(path: str) -> str:
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if not parts:
+        return "/" if path.startswith("/") else "."
+    return ("/" if path.startswith("/") else "") + "/".join(parts)

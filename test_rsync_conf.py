@@ -1,5 +1,7 @@
-"""rsync_conf: rsyncd.conf and hosts allow/deny.  Tables pin the behaviour down; where stock
-rsync can be asked (a stock rsyncd on loopback) it is asked, and our answers
+"""rsync_conf: rsyncd.conf, hosts allow/deny and refuse
+options.  Tables pin the behaviour down; where stock
+rsync can be asked (a stock rsyncd on loopback, the stock client against a small server
+written here) it is asked, and our answers
 must equal its answers.
 
 Tests that need stock rsync fail instead of skipping when CI is set."""
@@ -10,6 +12,7 @@ import os
 import re
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -415,6 +418,8 @@ def test_what_rsync_skips_becomes_a_warning():
     assert c.warnings == [
         'rsyncd.conf:1: ignoring line without "=": just some words',
         'rsyncd.conf:5: ignoring last line, it has no "=": no equals at the end',
+        'rsyncd.conf:2: no option matches the "refuse options" pattern "nosuchoption" of [m]',
+        'rsyncd.conf:2: no option matches the "refuse options" pattern "!nope" of [m]',
     ]
 
 
@@ -651,3 +656,308 @@ def test_hosts_against_stock_rsyncd(rsyncd, rsync_bin, tmp_path, address):
     diff = {n: (STOCK_HOST_CASES[int(n[1:])], mine[n], theirs[n]) for n in names if mine[n] != theirs[n]}
     assert not diff
     assert any(theirs.values()) and not all(theirs.values())
+
+
+# ----------------------------------------------------------------------------
+# refuse options
+
+REFUSE_TABLE = [
+    # (patterns, the server options after --server [--sender], refused option or None)
+    (["compress"], ["-logDtprze.iLsfxCIvu"], "--compress (-z)"),
+    (["compress"], ["-logDtpre.iLsfxCIvu"], None),
+    (["compress"], ["-e.", "--compress-level=1"], "--compress (-z)"),
+    (["compress"], ["-e.", "--zl=0"], "--compress (-z)"),
+    (["compress"], ["-e.", "--compress-choice=zlib"], "--compress (-z)"),
+    (["compress"], ["-e.", "--zc=NONE"], None),
+    (["compress"], ["-e.", "--zc=none", "--zl=1"], "--compress (-z)"),
+    (["compress"], ["-e.", "--zc=bogus"], None),
+    (["compress"], ["-e.", "--new-compress"], "--compress (-z)"),
+    (["compress"], ["-e.", "--old-compress", "--zc=none"], None),
+    (["compress"], ["-e.", "-zz", "--no-compress"], "--compress (-z)"),
+    (["compress"], ["-e.", "--no-compress"], None),
+    (["compress"], ["-e.", ".", "m/", "-z"], "--compress (-z)"),
+    (["compress"], ["-e.", "--", ".", "-z"], None),
+    (["compress"], ["-e.", "-", "-z"], "--compress (-z)"),
+    (["compress"], ["-e.", "--compress=1"], None),
+    (["compress"], ["-e.", "--compr"], None),
+    (["compress"], ["-e.", "-z=1"], None),
+    (["compress"], ["-e.", "--temp-dir", "-z"], None),
+    (["compress"], ["-e.", "-T", "-z"], None),
+    (["compress"], ["-e.", "-zT"], "--compress (-z)"),
+    (["compress"], ["-e.", "-T=/tmp", "-z"], "--compress (-z)"),
+    (["compress"], ["-e.", "--timeout=10abc", "-z"], None),
+    (["compress"], ["-e.", "--timeout=0x10", "-z"], "--compress (-z)"),
+    (["compress"], ["-e.", "-@", "-1", "-z"], "--compress (-z)"),
+    (["compress"], ["-e.", "--daemon", "-z"], None),
+    (["compress"], ["-e.", "-z", "--daemon"], "--compress (-z)"),
+    (["compress-level"], ["-e.", "--compress-level=abc"], None),
+    (["zl"], ["-ze."], None),
+    (["zl"], ["-e.", "--compress-level=1"], "--compress-level"),
+    (["!compress"], ["-ze."], None),
+    (["* !compress"], ["-ze."], None),
+    (["*", "!compress"], ["-vze."], "--verbose (-v)"),
+    (["! compress"], ["-ze."], "--compress (-z)"),
+    (["!"], ["-ze."], None),
+    (["*"], ["-logDtpre.iLsfxCIvu"], "--links (-l)"),
+    (["*"], ["-ne.iLsfxCIvu", "--log-format=%i", "--checksum-seed=1", "--from0", "-s"], None),
+    (["*"], ["-e.", "--copy-devices"], "--copy-devices"),
+    (["* !copy-devices"], ["-e.", "--copy-devices"], None),
+    (["* !copy-devices"], ["-e.", "--write-devices"], "--write-devices"),
+    (["!write-devices inplace"], ["-e.", "--write-devices"], "--inplace"),
+    (["!write-devices"], ["-e.", "--write-devices"], None),
+    ([], ["-e.", "--log-file=/tmp/x"], "--log-file"),
+    (["!log-file*"], ["-e.", "--log-file-format=%n"], "--log-file-format"),
+    ([], ["-e.", "--insecure-links"], "--insecure-links"),
+    ([], ["-e.", "--iconv=utf8"], "--iconv"),
+    ([], ["-e.", "-N"], "--crtimes (-N)"),
+    ([], ["-e.", "--bogus", "-N"], None),
+    (["e"], ["-e."], "--rsh (-e)"),
+    (["n"], ["-ne."], "--dry-run (-n)"),
+    (["no-iconv"], ["-e."], "--no-iconv"),
+    (["no-iconv"], ["-e.", "--iconv=x"], "--iconv"),
+    (["delete"], ["-re.", "--delete"], "--delete"),
+    (["delete"], ["-re.", "--delete-after"], "--delete"),
+    (["delete"], ["-re.", "--delete-excluded"], "--delete"),
+    (["delete"], ["-re.", "--delete-missing-args"], "--delete"),
+    (["delete"], ["-re.", "--ignore-missing-args"], None),
+    (["delete"], ["--sender", "-re.", "--remove-source-files"], "--delete"),
+    (["delete"], ["-re.", "--remove-source-files"], None),
+    (["delete"], ["-e.", "--delete-excluded"], None),
+    (["delete"], ["-re.", "--delete-during", "--delete-after"], None),
+    (["delete*"], ["-re.", "--del"], "--delete"),
+    (["delete*"], ["-re.", "--delete-delay"], "--delete-delay"),
+    (["del"], ["-re.", "--delete-during"], "--delete-during"),
+    (["del"], ["-re.", "--delete-delay"], None),
+    (["delete-before delete-during"], ["-re.", "--delete"], "--delete-before"),
+    (["delete-before"], ["-re.", "--delete"], None),
+    (["partial"], ["-e.", "--inplace"], "--partial"),
+    (["partial"], ["-e.", "--append"], "--partial"),
+    (["partial"], ["-e.", "-P"], "--partial"),
+    (["progress"], ["-e.", "-P"], "--progress"),
+    (["partial"], ["-e.", "--partial-dir=."], "--partial"),
+    (["partial"], ["-e.", "--partial-dir="], "--partial"),
+    (["partial"], ["-e.", "--partial-dir=./"], "--partial"),
+    (["partial"], ["-e.", "--partial-dir=.p"], None),
+    (["partial"], ["-e.", "--delay-updates"], None),
+    (["inplace"], ["-e.", "--append"], "--inplace"),
+    (["inplace"], ["-e.", "--append-verify"], "--inplace"),
+    (["a"], ["-e.", "-a"], "--archive (-a)"),
+    (["archive"], ["-ve."], None),
+    (["a"], ["-re."], "--recursive (-r)"),
+    (["r"], ["-e.", "-a"], "--recursive (-r)"),
+    (["r t"], ["-e.", "-a"], "--times (-t)"),
+    (["r"], ["-e.", "--no-r"], None),
+    (["no-r"], ["-e.", "--no-recursive"], "--no-recursive"),
+    (["dirs"], ["-e.", "--old-dirs"], None),
+    (["dirs"], ["-de."], "--dirs (-d)"),
+    (["times"], ["-e.", "--no-times"], None),
+    (["D"], ["-rDe."], "-D"),
+    (["P"], ["-e.", "-P"], "-P"),
+    (["log-format"], ["-e.", "--out-format=%n"], "--out-format"),
+    (["existing"], ["-e.", "--ignore-non-existing"], "--ignore-non-existing"),
+    (["stop-after"], ["-e.", "--time-limit=5"], "--time-limit"),
+    (["daemon"], ["-e.", "--no-detach"], "--no-detach"),
+    (["[pt]"], ["-logDtpre."], "--times (-t)"),
+    (["b?ckup*"], ["-e.", "--backup-dir=x"], "--backup-dir"),
+    (["remote-option"], ["-e.", "-M", "x"], "--remote-option (-M)"),
+    (["version"], ["-e.", "-M", "x"], None),
+]
+
+
+@pytest.mark.parametrize("patterns,opts,want", REFUSE_TABLE)
+def test_refused_option(patterns, opts, want):
+    argv = ["--server"] + opts + [".", "m/"]
+    got = rc.refused_option(patterns, argv)
+    assert got == (None if want is None else "The server is configured to refuse " + want)
+
+
+class FakeDaemon:
+    """A listening socket that speaks rsync's daemon greeting to one stock
+    client, then runs `then(conn, reader, client_greeting, module)`."""
+
+    def __init__(self, greeting, then):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1)
+        self.sock.settimeout(60)
+        self.port = self.sock.getsockname()[1]
+        self.greeting = greeting
+        self.then = then
+        self.result = None
+        self.error = None
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        try:
+            conn, _ = self.sock.accept()
+            with conn:
+                conn.settimeout(60)
+                f = conn.makefile("rb")
+                conn.sendall(self.greeting.encode())
+                client_greeting = f.readline().decode().rstrip("\n")
+                module = f.readline().decode().rstrip("\n")
+                self.result = self.then(conn, f, client_greeting, module)
+        except Exception as e:  # handed to the test thread
+            self.error = e
+        finally:
+            self.sock.close()
+
+    def join(self):
+        self.thread.join(60)
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def read_server_args(conn, f, client_greeting, module):
+    conn.sendall(b"@RSYNCD: OK\n")
+    args = []
+    buf = b""
+    while True:
+        chunk = f.read1(65536)
+        if not chunk:
+            break
+        buf += chunk
+        while b"\0" in buf:
+            word, buf = buf.split(b"\0", 1)
+            if not word:
+                return args
+            args.append(word.decode())
+    return args
+
+
+def captured_argv(rsync_bin, tmp_path, opts, push):
+    """The server argv a stock client sends to a daemon for these options."""
+    fake = FakeDaemon("@RSYNCD: 32.0 sha512 sha256 sha1 md5 md4\n", read_server_args)
+    url = "rsync://127.0.0.1:%d/m/" % fake.port
+    src = tmp_path / "capture-src"
+    src.mkdir(exist_ok=True)
+    args = opts.split() + ([str(src) + "/", url] if push else [url, str(tmp_path / "capture-dst")])
+    client(rsync_bin, args, timeout=60)
+    return fake.join()
+
+
+CLIENT_OPTIONS = [
+    "-a", "-az", "-avz", "-r --delete", "-a --delete-after", "-r --delete-excluded",
+    "-r --partial", "-r --inplace", "-r --append", "-rP", "-r --remove-source-files",
+    "-r --zc=zlib", "-r --compress-level=1", "-rH --numeric-ids", "-r --no-i-r -c",
+    "-r --delete-missing-args", "-r --bwlimit=100", "-r --timeout=30", "-r -T tmpd", "-rn",
+    "-r --delay-updates", "-r --partial-dir=.p", "-r --existing", "-r --backup --suffix=.b",
+    "-r --checksum-choice=md5", "-ri --out-format=%n", "-rt --modify-window=2", "-r -x",
+]
+
+PATTERN_SETS = [
+    "compress", "delete", "partial", "inplace", "a", "*", "* !a !compress !e",
+    "delete-* !delete-after", "D", "r t", "dry-run", "log-format", "timeout", "z",
+    "checksum*", "b?ckup*", "[pt]", "no-i-r", "remove-*", "modify-window", "existing", "",
+]
+
+
+def test_captured_argv_looks_like_rsyncs(rsync_bin, tmp_path):
+    assert captured_argv(rsync_bin, tmp_path, "-az", False) == [
+        "--server", "--sender", "-logDtprze.iLsfxCIvu", ".", "m/"]
+    assert captured_argv(rsync_bin, tmp_path, "-r --delete", True) == [
+        "--server", "-re.iLsfxCIvu", "--delete", ".", "m/"]
+
+
+def test_refuse_options_against_stock_rsyncd(rsyncd, rsync_bin, tmp_path):
+    """The argv a stock client sends for each option set (pulled and
+    pushed), offered to a stock rsyncd under every pattern set: it refuses
+    what we refuse.  The argv goes in raw over protocol 29, because from 30
+    on rsyncd negotiates compression before it reports a refusal, and a
+    refused compression option can make that fail first."""
+    runs = [(opts, push) for opts in CLIENT_OPTIONS for push in (False, True)]
+
+    def capture(n):
+        where = tmp_path / ("cap%d" % n)
+        where.mkdir()
+        return captured_argv(rsync_bin, where, *runs[n])
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        argvs = list(pool.map(capture, range(len(runs))))
+    d = rsyncd("".join("[m%d]\npath = %s\nread only = no\nrefuse options = %s\n" % (i, tmp_path, pats)
+                       for i, pats in enumerate(PATTERN_SETS)))
+    ours = rc.parse_rsyncd_conf(d.text, "rsyncd.conf")
+    jobs = [(i, n) for i in range(len(PATTERN_SETS)) for n in range(len(runs))]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        theirs = list(pool.map(lambda job: stock_verdict_raw(d.port, "m%d" % job[0], argvs[job[1]]), jobs))
+    diff = []
+    refused = 0
+    for (i, n), want in zip(jobs, theirs):
+        got = rc.refused_option(ours.module("m%d" % i).refuse_options, argvs[n])
+        got = got and got.replace("The server is configured to refuse ", "")
+        refused += got is not None
+        if got != want:
+            diff.append((PATTERN_SETS[i], runs[n], argvs[n], got, want))
+    assert not diff, "\n".join(map(repr, diff))
+    assert 100 < refused < len(jobs) - 100
+
+
+@pytest.mark.parametrize("patterns,opts,push,want", [
+    ("compress", "-az", False, "--compress (-z)"),
+    ("*", "-a", False, "--links (-l)"),
+    ("* !a", "-rv", True, "--verbose (-v)"),
+    ("delete", "-r --delete-after", True, "--delete"),
+    ("partial", "-r --inplace", True, "--partial"),
+    ("D", "-a", False, "-D"),
+    ("dry-run", "-rn", False, "--dry-run (-n)"),
+    ("delete", "-r --delete", False, None),
+    ("", "-a", True, None),
+])
+def test_refusals_reach_the_stock_client(rsyncd, rsync_bin, tmp_path, patterns, opts, push, want):
+    """End to end: stock client, stock rsyncd, and our verdict on the argv
+    that client sends."""
+    (tmp_path / "mod").mkdir()
+    (tmp_path / "mod" / "file").write_text("x\n")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f").write_text("y\n")
+    d = rsyncd("[m]\npath = %s\nread only = no\nrefuse options = %s\n" % (tmp_path / "mod", patterns))
+    url = d.url + "/m/"
+    args = opts.split() + ([str(tmp_path / "src") + "/", url] if push else [url, str(tmp_path / "dst")])
+    p = client(rsync_bin, args)
+    m = re.search(r"The server is configured to refuse (.*)", p.stderr.decode(errors="replace"))
+    theirs = m and re.sub(r"^--\(null\) \((-.)\)$", r"\1", m.group(1))
+    assert theirs == want and (p.returncode == 0) is (want is None), p.stderr
+    argv = captured_argv(rsync_bin, tmp_path, opts, push)
+    ours = rc.refused_option(rc.parse_rsyncd_conf(d.text).module("m").refuse_options, argv)
+    assert ours == (want and "The server is configured to refuse " + want)
+
+
+def stock_verdict_raw(port, module, argv):
+    """Sends argv to a stock rsyncd as a protocol-29 client would and
+    returns the option it refuses (or None)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        f = s.makefile("rb")
+        f.readline()
+        s.sendall(b"@RSYNCD: 29\n" + module.encode() + b"\n")
+        line = f.readline()
+        assert line.startswith(b"@RSYNCD: OK"), line
+        s.sendall(b"".join(a.encode() + b"\n" for a in argv) + b"\n")
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while True:
+            m = re.search(rb"The server is configured to refuse ([^\n]*)\n", data)
+            chunk = None if m else f.read1(65536)
+            if not chunk:
+                break
+            data += chunk
+    return m and re.sub(r"^--\(null\) \((-.)\)$", r"\1", m.group(1).decode())
+
+
+def test_refuse_table_against_stock_rsyncd(rsyncd, rsync_bin, tmp_path):
+    """The hand-written argv of REFUSE_TABLE, sent raw to a stock rsyncd:
+    it refuses what the table says."""
+    cases = [c for c in REFUSE_TABLE if "--zc=bogus" not in c[1]]
+    pattern_sets = sorted({" ".join(p) for p, _, _ in cases})
+    body = "".join("[m%d]\npath = %s\nread only = no\nrefuse options = %s\n" % (i, tmp_path, p)
+                   for i, p in enumerate(pattern_sets))
+    d = rsyncd(body)
+
+    def ask(case):
+        patterns, opts, _ = case
+        module = "m%d" % pattern_sets.index(" ".join(patterns))
+        return stock_verdict_raw(d.port, module, ["--server"] + opts + [".", "m/"])
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        theirs = list(pool.map(ask, cases))
+    diff = [(c, t) for c, t in zip(cases, theirs) if c[2] != t]
+    assert not diff
