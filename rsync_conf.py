@@ -1,24 +1,34 @@
 """What gokr-rsyncd needs to stand in for rsyncd: rsyncd.conf, "hosts allow"
-and "hosts deny", and "refuse options", each as rsync 3.5.0 does it.
+and "hosts deny", "refuse options", and the daemon's challenge-response
+authentication, each as rsync 3.5.0 does it.
 
-Parsing and matching work on strings.  The few functions that touch the
-system are thin and replaceable: load_rsyncd_conf reads the file,
-forward_lookup asks the resolver and innetgr asks NSS.
+Parsing and matching work on strings and bytes.  The few functions that
+touch the system are thin and replaceable: load_rsyncd_conf and read_secrets
+read files, forward_lookup asks the resolver, innetgr asks NSS, and
+user_groups reads the group database (check_auth takes another in its place).
 """
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import dataclasses
 import errno
 import functools
+import grp
+import hashlib
+import hmac
 import ipaddress
 import os
+import pwd
 import re
 import socket
 import stat
+import struct
+import time
 from collections.abc import Callable, Iterable
 
+import rsync_md4
 from rsync_filter import wildmatch
 
 _new_list = list  # ModuleConf has a field named "list"
@@ -1331,3 +1341,227 @@ def _clean_dir(path: str) -> str:
     if not parts:
         return "/" if path.startswith("/") else "."
     return ("/" if path.startswith("/") else "") + "/".join(parts)
+
+
+# ----------------------------------------------------------------------------
+# Daemon authentication (server side)
+
+
+class AuthError(Exception):
+    """A refused login.  reason is rsync's words for it ("password
+    mismatch", "no matching rule"...); user is who tried, if known.  The
+    message is rsync's log line when the module, host and address were
+    given to check_auth."""
+
+    def __init__(self, message: str, reason: str = "", user: str | None = None):
+        super().__init__(message)
+        self.reason = reason or message
+        self.user = user
+
+
+class SecretsError(AuthError):
+    """A secrets file that cannot be used; rsync then refuses every login."""
+
+
+AUTH_DIGESTS = ("sha512", "sha256", "sha1", "md5", "md4")
+_DIGEST_SIZE = {"sha512": 64, "sha256": 32, "sha1": 20, "md5": 16, "md4": 16, "md4_old": 16}
+
+
+def _digest(name: str, data: bytes) -> bytes:
+    if name == "md4":
+        return rsync_md4.md4(data).digest()
+    if name == "md4_old":
+        return rsync_md4.md4(b"\0\0\0\0" + data).digest()
+    if name not in AUTH_DIGESTS:
+        raise ValueError("unknown daemon-auth digest %r" % name)
+    return hashlib.new(name, data).digest()
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii").rstrip("=")
+
+
+def auth_challenge(addr: str, digest: str = "md5") -> str:
+    """A fresh challenge for "@RSYNCD: AUTHREQD <challenge>": a digest of
+    random bytes (mixed with the address, time and pid, as rsync mixes
+    them) in unpadded base64, as long as the negotiated digest's output."""
+    now = time.time_ns()
+    mix = (addr.encode("utf-8", "replace")[:16].ljust(16, b"\0")
+           + struct.pack("<III", (now // 10**9) & 0xFFFFFFFF, (now // 1000 % 10**6), os.getpid() & 0xFFFFFFFF)
+           + b"\0" * 4)
+    return _b64(_digest(digest, os.urandom(32) + mix)[:_DIGEST_SIZE[digest]])
+
+
+def pick_auth_digest(client_digests: list[str] | None, protocol: int, *,
+                     ours: Iterable[str] = AUTH_DIGESTS) -> str:
+    """The strongest digest (sha512 sha256 sha1 md5 md4, as rsyncd ranks
+    them) that both the daemon's greeting (ours) and the client's list
+    (names compare without case) name.  A greeting without a list gets md5 from
+    protocol 30 on, else "md4_old" (MD4 over 4 zero bytes, password and
+    challenge).  AuthError when nothing is in common; rsyncd sends its
+    message as @ERROR and exits."""
+    if client_digests is None:
+        return "md5" if protocol >= 30 else "md4_old"
+    wanted = set(ours)
+    ranked = [n for n in AUTH_DIGESTS if n in wanted]
+    offered = {w.lower() for item in client_digests for w in item.split(" ") if w}
+    for name in ranked:
+        if name in offered:
+            return name
+    raise AuthError("your client does not support one of our daemon-auth checksums: %s"
+                    % " ".join(ranked), "no common digest")
+
+
+def expected_response(password: bytes, challenge: str, digest: str) -> str:
+    """What a client with this password answers to the challenge:
+    base64(digest(password + challenge)) without padding."""
+    password = password.split(b"\0", 1)[0]
+    return _b64(_digest(digest, password + challenge.encode("utf-8", "surrogateescape")))
+
+
+def user_groups(user: str) -> list[str]:
+    """The names of the groups of a local user (the primary group first),
+    as rsyncd matches "@group" rules; none for an unknown user."""
+    try:
+        pw = pwd.getpwuid(pwd.getpwnam(user).pw_uid)
+        gids = os.getgrouplist(pw.pw_name, pw.pw_gid)
+    except (KeyError, OSError):
+        return []
+    if pw.pw_gid in gids:
+        gids.remove(pw.pw_gid)
+    names = []
+    for gid in [pw.pw_gid] + gids:
+        try:
+            names.append(grp.getgrgid(gid).gr_name)
+        except KeyError:
+            pass
+    return names
+
+
+def _access_of(opts: str) -> str:
+    """ro, rw, deny or "" from what follows a rule's colon."""
+    first = opts[:1].translate(_ASCII_LOWER)
+    if first == "r":
+        second = opts[1:2].translate(_ASCII_LOWER)
+        return "ro" if second == "o" else "rw" if second == "w" else ""
+    return "deny" if first == "d" else ""
+
+
+def _secret_lines(secrets: bytes) -> Iterable[bytes]:
+    """The secrets file's lines as rsync reads them: at most 1023 bytes at a
+    time, each cut at its first CR or LF (leading ones skipped) and NUL."""
+    pos = 0
+    while pos < len(secrets):
+        nl = secrets.find(b"\n", pos, pos + 1023)
+        stop = nl + 1 if nl >= 0 else min(len(secrets), pos + 1023)
+        chunk = secrets[pos:stop]
+        pos = stop
+        chunk = chunk.split(b"\0", 1)[0].lstrip(b"\r\n")
+        yield re.split(rb"[\r\n]", chunk, maxsplit=1)[0]
+
+
+def _check_secret(user: bytes, group: bytes | None, challenge: str, response: bytes,
+                  secrets: bytes, digest: str) -> str | None:
+    if user.startswith(b"#"):
+        return "invalid username"
+    names = {b"": user, b"@": group}
+    err = "secret not found"
+    for line in _secret_lines(secrets):
+        if names[b""] is None and names[b"@"] is None:
+            break
+        if not line:
+            continue
+        kind = line[:1] if line[:1] == b"@" else b""
+        name = names[kind]
+        body = line[len(kind):]
+        if name is None or not body.startswith(name + b":"):
+            continue
+        want = expected_response(body[len(name) + 1:], challenge, digest).encode()
+        if hmac.compare_digest(want, response):
+            return None
+        err = "password mismatch"
+        names[kind] = None
+    return err
+
+
+def check_auth(response_line: str, challenge: str, auth_users: list[str], secrets: bytes,
+               digest: str, *, groups_of: Callable[[str], list[str]] = user_groups,
+               module: str | None = None, host: str | None = None,
+               addr: str | None = None) -> tuple[str, str]:
+    """Checks a client's "user response" line against the module's "auth
+    users" rules and the secrets file's contents.  The first rule naming
+    the user (a wildcard) or one of the user's groups ("@group", via
+    groups_of) decides: ":deny" refuses, ":ro"/":rw" set the access,
+    which is returned with the user as (user, "ro"|"rw"|"").  The password
+    may come from the user's line or, for an @group rule, from that
+    group's "@group:password" line.  Raises AuthError with rsync's reason:
+    invalid challenge response, no matching rule, denied by rule, invalid
+    username, secret not found, password mismatch."""
+    line = response_line.rstrip("\n").replace("\r", "")
+    user, space, response = line.partition(" ")
+
+    def fail(reason: str, who: str | None) -> AuthError:
+        where = ""
+        if module is not None:
+            where = " on module %s from %s (%s)" % (module, host or UNDETERMINED, addr or "")
+        if who is None:
+            return AuthError("auth failed%s: %s" % (where, reason), reason)
+        return AuthError("auth failed%s for %s: %s" % (where, who, reason), reason, who)
+
+    if not space:
+        raise fail("invalid challenge response", None)
+    user_b = user.encode("utf-8", "surrogateescape")
+    groups: list[str] | None = None
+    chosen = None
+    for entry in auth_users:
+        name, colon, opts = entry.partition(":")
+        access = _access_of(opts) if colon else ""
+        if not name.startswith("@"):
+            if wildmatch(name.encode("utf-8", "surrogateescape"), user_b):
+                chosen = (access, None)
+                break
+            continue
+        if groups is None:
+            groups = groups_of(user) if user else []
+        pat = name[1:].encode("utf-8", "surrogateescape")
+        hit = next((g for g in groups if wildmatch(pat, g.encode("utf-8", "surrogateescape"))), None)
+        if hit is not None:
+            chosen = (access, hit)
+            break
+    if chosen is None:
+        raise fail("no matching rule", user)
+    access, group = chosen
+    if access == "deny":
+        raise fail("denied by rule", user)
+    err = _check_secret(user_b, group.encode("utf-8", "surrogateescape") if group is not None else None,
+                        challenge, response.encode("utf-8", "surrogateescape"), secrets, digest)
+    if err is not None:
+        raise fail(err, user)
+    return user, access
+
+
+def read_secrets(path: str | None, strict_modes: bool = True) -> bytes:
+    """The contents of a module's "secrets file".  With "strict modes" (the
+    default) a file others may read or write is refused, and so is one not
+    owned by root when we run as root; a symlink on the way must belong to
+    root or to us.  SecretsError carries rsync's message; its reason is
+    what rsync logs for the login ("no secrets file", "ignoring secrets
+    file")."""
+    if not path:
+        raise SecretsError("no secrets file", "no secrets file")
+
+    def check(st: os.stat_result) -> None:
+        if not strict_modes:
+            return
+        if st.st_mode & 0o006:
+            raise SecretsError("secrets file must not be other-accessible (see strict modes option)",
+                               "ignoring secrets file")
+        if os.getuid() == 0 and st.st_uid != 0:
+            raise SecretsError("secrets file must be owned by root when running as root "
+                               "(see strict modes)", "ignoring secrets file")
+
+    try:
+        return _read_trusted(path, check)
+    except OSError as e:
+        raise SecretsError('no secrets file: cannot open "%s": %s' % (path, e.strerror or e),
+                           "no secrets file") from None

@@ -1,14 +1,17 @@
-"""rsync_conf: rsyncd.conf, hosts allow/deny and refuse
-options.  Tables pin the behaviour down; where stock
-rsync can be asked (a stock rsyncd on loopback, the stock client against a small server
-written here) it is asked, and our answers
-must equal its answers.
+"""rsync_conf: rsyncd.conf, hosts allow/deny, refuse options and daemon
+authentication.  Tables pin the behaviour down; where stock rsync can be
+asked (a stock rsyncd on loopback, the stock client against a small server
+written here) it is asked, and our answers must equal its answers.
 
 Tests that need stock rsync fail instead of skipping when CI is set."""
 
+import base64
 import concurrent.futures
+import grp
+import hashlib
 import itertools
 import os
+import pwd
 import re
 import socket
 import subprocess
@@ -18,6 +21,7 @@ import time
 import pytest
 
 import rsync_conf as rc
+import rsync_md4
 from conftest import IS_ROOT, stop
 
 _serial = itertools.count()
@@ -961,3 +965,283 @@ def test_refuse_table_against_stock_rsyncd(rsyncd, rsync_bin, tmp_path):
         theirs = list(pool.map(ask, cases))
     diff = [(c, t) for c, t in zip(cases, theirs) if c[2] != t]
     assert not diff
+
+
+# ----------------------------------------------------------------------------
+# Daemon authentication
+
+SECRETS = b"joe:s3cret\n"
+
+
+def test_pick_auth_digest():
+    full = ["sha512", "sha256", "sha1", "md5", "md4"]
+    assert rc.pick_auth_digest(full, 32) == "sha512"
+    assert rc.pick_auth_digest(["md4", "md5", "sha1"], 32) == "sha1"
+    assert rc.pick_auth_digest(["MD5", "xxh3"], 31) == "md5"
+    assert rc.pick_auth_digest(["md5 md4"], 31) == "md5"
+    assert rc.pick_auth_digest(full, 32, ours=["md5"]) == "md5"
+    assert rc.pick_auth_digest(None, 30) == "md5"
+    assert rc.pick_auth_digest(None, 29) == "md4_old"
+    with pytest.raises(rc.AuthError) as e:
+        rc.pick_auth_digest(["xxh3", "none"], 32)
+    assert str(e.value) == ("your client does not support one of our daemon-auth checksums: "
+                            "sha512 sha256 sha1 md5 md4")
+    with pytest.raises(rc.AuthError):
+        rc.pick_auth_digest([], 32)
+
+
+@pytest.mark.parametrize("digest,size", [("sha512", 86), ("sha256", 43), ("sha1", 27), ("md5", 22),
+                                         ("md4", 22), ("md4_old", 22)])
+def test_challenges_are_fresh_unpadded_base64(digest, size):
+    seen = {rc.auth_challenge("192.0.2.1", digest) for _ in range(50)}
+    assert len(seen) == 50
+    assert all(re.fullmatch(r"[A-Za-z0-9+/]{%d}" % size, c) for c in seen)
+    assert len(rc.auth_challenge("::1")) == 22
+
+
+def test_expected_response_is_the_digest_of_password_and_challenge():
+    for name in ("sha512", "sha256", "sha1", "md5"):
+        want = base64.b64encode(hashlib.new(name, b"s3cretx").digest()).decode().rstrip("=")
+        assert rc.expected_response(b"s3cret", "x", name) == want
+    assert rc.expected_response(b"s3cret", "x", "md4") == base64.b64encode(
+        rsync_md4.md4(b"s3cretx").digest()).decode().rstrip("=")
+    assert rc.expected_response(b"s3cret", "x", "md4_old") == base64.b64encode(
+        rsync_md4.md4(b"\0\0\0\0s3cretx").digest()).decode().rstrip("=")
+    assert rc.expected_response(b"s3cret\0junk", "x", "md5") == rc.expected_response(b"s3cret", "x", "md5")
+
+
+def answer(user, password, challenge, digest):
+    return "%s %s" % (user, rc.expected_response(password, challenge, digest))
+
+
+GROUPS = {"ann": ["ann", "staff"], "bob": ["bob", "guest", "staff"], "joe": ["joe"]}
+
+
+def groups_of(user):
+    return GROUPS.get(user, [])
+
+
+@pytest.mark.parametrize("rules,secrets,user,password,want", [
+    (["joe"], b"joe:pw\n", "joe", b"pw", ("joe", "")),
+    (["joe"], b"joe:pw\n", "joe", b"bad", "password mismatch"),
+    (["joe"], b"joe:pw\n", "ann", b"pw", "no matching rule"),
+    (["joe:ro"], b"joe:pw\n", "joe", b"pw", ("joe", "ro")),
+    (["joe:RW"], b"joe:pw\n", "joe", b"pw", ("joe", "rw")),
+    (["joe:rx"], b"joe:pw\n", "joe", b"pw", ("joe", "")),
+    (["joe:Deny"], b"joe:pw\n", "joe", b"pw", "denied by rule"),
+    (["j?e:ro", "joe:deny"], b"joe:pw\n", "joe", b"pw", ("joe", "ro")),
+    (["*"], b"# comment\n\njoe:pw\n", "joe", b"pw", ("joe", "")),
+    (["*"], b"joe:pw\n", "#joe", b"pw", "invalid username"),
+    (["*"], b"#joe:pw\n", "#joe", b"pw", "invalid username"),
+    (["*"], b"jo:pw\njoe2:pw\n", "joe", b"pw", "secret not found"),
+    (["*"], b"joe:pw\r\n", "joe", b"pw", ("joe", "")),
+    (["*"], b"\r\njoe:pw\rjunk\n", "joe", b"pw", ("joe", "")),
+    (["*"], b"joe:first\njoe:pw\n", "joe", b"pw", "password mismatch"),
+    (["*"], b"joe:pw", "joe", b"pw", ("joe", "")),
+    (["*"], b"joe:" + b"p" * 1019 + b"\n", "joe", b"p" * 1019, ("joe", "")),
+    (["*"], b"joe:" + b"p" * 1030 + b"\n", "joe", b"p" * 1030, "password mismatch"),
+    (["*"], b"joe:" + b"p" * 1030 + b"\n", "joe", b"p" * 1019, ("joe", "")),
+    (["@staff:rw"], b"@staff:grouppw\n", "ann", b"grouppw", ("ann", "rw")),
+    (["@staff:rw"], b"ann:annpw\n@staff:grouppw\n", "ann", b"annpw", ("ann", "rw")),
+    (["@staff:rw"], b"@staff:grouppw\n", "joe", b"grouppw", "no matching rule"),
+    (["@guest:deny", "@staff:ro"], b"@staff:grouppw\n", "bob", b"grouppw", "denied by rule"),
+    (["@guest:deny", "@staff:ro"], b"@staff:grouppw\n", "ann", b"grouppw", ("ann", "ro")),
+    (["@st*"], b"@staff:grouppw\n", "ann", b"grouppw", ("ann", "")),
+    (["@staff"], b"@guest:grouppw\n", "bob", b"grouppw", "secret not found"),
+    (["@staff"], b"@staff:x\nbob:pw\n", "bob", b"pw", ("bob", "")),
+    (["@staff"], b"@staff:x\n@staff:pw\n", "bob", b"pw", "password mismatch"),
+    (["joe"], b"@joe:pw\n", "joe", b"pw", "secret not found"),
+    ([], b"joe:pw\n", "joe", b"pw", "no matching rule"),
+])
+def test_check_auth(rules, secrets, user, password, want):
+    challenge = rc.auth_challenge("192.0.2.1", "sha256")
+    line = answer(user, password, challenge, "sha256")
+    if isinstance(want, tuple):
+        assert rc.check_auth(line, challenge, rules, secrets, "sha256", groups_of=groups_of) == want
+        return
+    with pytest.raises(rc.AuthError) as e:
+        rc.check_auth(line, challenge, rules, secrets, "sha256", groups_of=groups_of)
+    assert e.value.reason == want and e.value.user == user
+    assert str(e.value) == "auth failed for %s: %s" % (user, want)
+
+
+def test_check_auth_messages():
+    ch = "abc"
+    with pytest.raises(rc.AuthError) as e:
+        rc.check_auth("nospace\r\n", ch, ["*"], SECRETS, "md5", module="m", host="h.example",
+                      addr="192.0.2.1")
+    assert str(e.value) == "auth failed on module m from h.example (192.0.2.1): invalid challenge response"
+    assert e.value.user is None
+    with pytest.raises(rc.AuthError) as e:
+        rc.check_auth(answer("joe", b"wrong", ch, "md5"), ch, ["*"], SECRETS, "md5", module="m",
+                      addr="192.0.2.1")
+    assert str(e.value) == "auth failed on module m from UNDETERMINED (192.0.2.1) for joe: password mismatch"
+    good = answer("joe", b"s3cret", ch, "md5")
+    assert rc.check_auth(good[:-2] + "\r" + good[-2:] + "\r\n", ch, ["*"], SECRETS, "md5") == ("joe", "")
+    with pytest.raises(rc.AuthError, match="password mismatch"):
+        rc.check_auth(answer("joe", b"s3cret", ch, "sha1"), ch, ["*"], SECRETS, "md5")
+
+
+def test_user_groups_reads_the_group_database():
+    primary = grp.getgrgid(pwd.getpwnam("root").pw_gid).gr_name
+    assert rc.user_groups("root")[0] == primary
+    assert rc.user_groups("no-such-user-here") == []
+
+
+def test_read_secrets(tmp_path):
+    p = tmp_path / "secrets"
+    p.write_bytes(SECRETS)
+    os.chmod(p, 0o600)
+    assert rc.read_secrets(str(p)) == SECRETS
+    os.chmod(p, 0o640)
+    assert rc.read_secrets(str(p)) == SECRETS
+    for mode in (0o644, 0o602, 0o606):
+        os.chmod(p, mode)
+        with pytest.raises(rc.SecretsError) as e:
+            rc.read_secrets(str(p))
+        assert str(e.value) == "secrets file must not be other-accessible (see strict modes option)"
+        assert e.value.reason == "ignoring secrets file"
+        assert rc.read_secrets(str(p), strict_modes=False) == SECRETS
+    os.chmod(p, 0o601)
+    assert rc.read_secrets(str(p)) == SECRETS
+    for missing in (None, "", str(tmp_path / "nope")):
+        with pytest.raises(rc.SecretsError) as e:
+            rc.read_secrets(missing)
+        assert e.value.reason == "no secrets file"
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root to hand the file to another user")
+def test_read_secrets_as_root_wants_roots_file(tmp_path):
+    p = tmp_path / "secrets"
+    p.write_bytes(SECRETS)
+    os.chmod(p, 0o600)
+    os.chown(p, 4321, 4321)
+    with pytest.raises(rc.SecretsError) as e:
+        rc.read_secrets(str(p))
+    assert str(e.value) == "secrets file must be owned by root when running as root (see strict modes)"
+    assert rc.read_secrets(str(p), strict_modes=False) == SECRETS
+    os.chown(p, 0, 0)
+    link = tmp_path / "link"
+    link.symlink_to(p)
+    assert rc.read_secrets(str(link)) == SECRETS
+    os.lchown(link, 4321, 4321)
+    with pytest.raises(rc.SecretsError, match="no secrets file"):
+        rc.read_secrets(str(link))
+
+
+def auth_server(server_greeting, ours, protocol, auth_users=("joe",), secrets=SECRETS):
+    """What a daemon does after the module name: pick the digest, send a
+    challenge, check the answer."""
+    def then(conn, f, client_greeting, module):
+        version, sep, listed = client_greeting[len("@RSYNCD: "):].partition(" ")
+        client_list = listed.split(" ") if sep else None
+        if ours is None:
+            client_list = None
+        digest = rc.pick_auth_digest(client_list, protocol, ours=ours or rc.AUTH_DIGESTS)
+        challenge = rc.auth_challenge("127.0.0.1", digest)
+        conn.sendall(b"@RSYNCD: AUTHREQD " + challenge.encode() + b"\n")
+        response = f.readline().decode().rstrip("\n")
+        try:
+            verdict = rc.check_auth(response, challenge, list(auth_users), secrets, digest,
+                                    module=module, addr="127.0.0.1")
+        except rc.AuthError as e:
+            verdict = e
+        conn.sendall(b"@ERROR: auth checked\n")
+        return dict(client_greeting=client_greeting, module=module, digest=digest,
+                    challenge=challenge, response=response, verdict=verdict)
+    return FakeDaemon(server_greeting, then)
+
+
+@pytest.mark.parametrize("offered", ["sha512", "sha256", "sha1", "md5", "md4",
+                                     "sha512 sha256 sha1 md5 md4", "md4 md5"])
+@pytest.mark.parametrize("password", ["s3cret", "wrong"])
+def test_auth_with_the_stock_client(rsync_bin, offered, password):
+    ours = offered.split()
+    srv = auth_server("@RSYNCD: 32.0 %s\n" % offered, ours, 32)
+    p = client(rsync_bin, ["rsync://joe@127.0.0.1:%d/m/" % srv.port], password=password, timeout=60)
+    got = srv.join()
+    assert p.returncode != 0 and b"auth checked" in p.stderr
+    assert got["module"] == "m"
+    assert got["client_greeting"] == "@RSYNCD: 32.0 sha512 sha256 sha1 md5 md4"
+    assert got["digest"] == ("md5" if offered == "md4 md5" else ours[0])
+    assert got["response"] == answer("joe", password.encode(), got["challenge"], got["digest"])
+    if password == "s3cret":
+        assert got["verdict"] == ("joe", "")
+    else:
+        assert isinstance(got["verdict"], rc.AuthError)
+        assert str(got["verdict"]) == ("auth failed on module m from UNDETERMINED (127.0.0.1) for joe: "
+                                       "password mismatch")
+
+
+@pytest.mark.parametrize("greeting,args,protocol,digest", [
+    ("@RSYNCD: 29\n", ["--protocol=29"], 29, "md4_old"),
+    ("@RSYNCD: 30.0\n", [], 30, "md5"),
+    ("@RSYNCD: 31.0\n", [], 31, "md5"),
+])
+@pytest.mark.parametrize("password", ["s3cret", "wrong"])
+def test_auth_with_a_stock_client_and_no_digest_list(rsync_bin, greeting, args, protocol, digest, password):
+    srv = auth_server(greeting, None, protocol)
+    p = client(rsync_bin, args + ["rsync://joe@127.0.0.1:%d/m/" % srv.port], password=password, timeout=60)
+    got = srv.join()
+    assert p.returncode != 0
+    assert got["digest"] == digest
+    assert got["response"] == answer("joe", password.encode(), got["challenge"], digest)
+    assert (got["verdict"] == ("joe", "")) is (password == "s3cret")
+
+
+STOCK_AUTH_MODULES = [
+    # (auth users, secrets file contents, strict modes)
+    ("joe", b"joe:pw\n", True),
+    ("joe:deny bob", b"joe:pw\nbob:bpw\n", True),
+    ("*", b"joe:pw\njoe:pw2\n", True),
+    ("*", b"joe:pw\r\n#ann:pw\n", True),
+    ("j?e:ro", b"\njoe:pw\n", True),
+    ("@root:ro", b"@root:grouppw\nroot:userpw\n", True),
+    ("@ro*", b"root:userpw\n", True),
+    ("@nosuchgroup", b"root:userpw\n", True),
+    (", ann, joe", b"joe:pw\n", True),
+    ("joe", b"joe:pw\n", "0644"),
+    ("joe", b"joe:pw\n", "0644 off"),
+]
+
+STOCK_AUTH_LOGINS = [("joe", "pw"), ("joe", "pw2"), ("joe", "nope"), ("bob", "bpw"), ("ann", "pw"),
+                     ("root", "grouppw"), ("root", "userpw"), ("#ann", "pw")]
+
+
+def test_auth_rules_and_secrets_against_stock_rsyncd(rsyncd, rsync_bin, tmp_path):
+    """A stock rsyncd and check_auth accept the same logins for the same
+    "auth users" and secrets files."""
+    body = "reverse lookup = no\n"
+    for i, (users, secrets, strict) in enumerate(STOCK_AUTH_MODULES):
+        path = tmp_path / ("secrets%d" % i)
+        path.write_bytes(secrets)
+        os.chmod(path, 0o644 if strict in ("0644", "0644 off") else 0o600)
+        body += "[m%d]\npath = %s\nauth users = %s\nsecrets file = %s\nstrict modes = %s\n" % (
+            i, tmp_path, users, path, "no" if strict == "0644 off" else "yes")
+    d = rsyncd(body)
+    ours = rc.parse_rsyncd_conf(d.text, "rsyncd.conf")
+    jobs = [(i, user, pw) for i in range(len(STOCK_AUTH_MODULES)) for user, pw in STOCK_AUTH_LOGINS]
+
+    def stock(job):
+        i, user, pw = job
+        p = client(rsync_bin, ["%s/m%d/" % (d.url.replace("rsync://", "rsync://%s@" % user), i)], password=pw)
+        assert p.returncode in (0, 5), p.stderr
+        return p.returncode == 0
+
+    def mine(job):
+        i, user, pw = job
+        m = ours.module("m%d" % i)
+        challenge = rc.auth_challenge("127.0.0.1", "sha512")
+        try:
+            secrets = rc.read_secrets(m.secrets_file, m.strict_modes)
+            rc.check_auth(answer(user, pw.encode(), challenge, "sha512"), challenge, m.auth_users,
+                          secrets, "sha512")
+        except rc.AuthError:
+            return False
+        return True
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        theirs = dict(zip(jobs, pool.map(stock, jobs)))
+    diff = [(STOCK_AUTH_MODULES[j[0]][:2], j[1:], mine(j), t) for j, t in theirs.items() if mine(j) != t]
+    assert not diff
+    assert 5 < sum(theirs.values()) < len(jobs) - 5
+
