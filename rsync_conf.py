@@ -1122,6 +1122,8 @@ def _c_long(text: str) -> int | None:
 
 
 class _ArgState(dict):
+    """rsync's option variables as the options set them; 0 until set."""
+
     def __missing__(self, key):
         return 0
 
@@ -1364,7 +1366,6 @@ class SecretsError(AuthError):
 
 
 AUTH_DIGESTS = ("sha512", "sha256", "sha1", "md5", "md4")
-_DIGEST_SIZE = {"sha512": 64, "sha256": 32, "sha1": 20, "md5": 16, "md4": 16, "md4_old": 16}
 
 
 def _digest(name: str, data: bytes) -> bytes:
@@ -1386,20 +1387,19 @@ def auth_challenge(addr: str, digest: str = "md5") -> str:
     random bytes (mixed with the address, time and pid, as rsync mixes
     them) in unpadded base64, as long as the negotiated digest's output."""
     now = time.time_ns()
-    mix = (addr.encode("utf-8", "replace")[:16].ljust(16, b"\0")
-           + struct.pack("<III", (now // 10**9) & 0xFFFFFFFF, (now // 1000 % 10**6), os.getpid() & 0xFFFFFFFF)
-           + b"\0" * 4)
-    return _b64(_digest(digest, os.urandom(32) + mix)[:_DIGEST_SIZE[digest]])
+    mix = addr.encode("utf-8", "replace")[:16].ljust(16, b"\0") + struct.pack(
+        "<IIII", now // 10**9 & 0xFFFFFFFF, now // 1000 % 10**6, os.getpid() & 0xFFFFFFFF, 0)
+    return _b64(_digest(digest, os.urandom(32) + mix))
 
 
 def pick_auth_digest(client_digests: list[str] | None, protocol: int, *,
                      ours: Iterable[str] = AUTH_DIGESTS) -> str:
     """The strongest digest (sha512 sha256 sha1 md5 md4, as rsyncd ranks
-    them) that both the daemon's greeting (ours) and the client's list
-    (names compare without case) name.  A greeting without a list gets md5 from
-    protocol 30 on, else "md4_old" (MD4 over 4 zero bytes, password and
-    challenge).  AuthError when nothing is in common; rsyncd sends its
-    message as @ERROR and exits."""
+    them) named both in the daemon's greeting (ours) and in the client's
+    list (compared without case).  A client greeting without a list gets
+    md5 from protocol 30 on, else "md4_old" (MD4 over 4 zero bytes,
+    password and challenge).  AuthError when nothing is in common; rsyncd
+    sends its message as @ERROR and exits."""
     if client_digests is None:
         return "md5" if protocol >= 30 else "md4_old"
     wanted = set(ours)
