@@ -213,6 +213,11 @@ class Transport:
     def recv(self, n):
         raise NotImplementedError
 
+    def recv_into(self, view):
+        data = self.recv(len(view))
+        view[:len(data)] = data
+        return len(data)
+
     def sendv(self, buffers):
         raise NotImplementedError
 
@@ -251,6 +256,11 @@ class SocketTransport(Transport):
             return b""
 
     def recv_into(self, buf):
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise RsyncError("timeout waiting for data from the peer", RERR_TIMEOUT)
+            self.sock.settimeout(left)
         try:
             return self.sock.recv_into(buf)
         except socket.timeout:
@@ -316,6 +326,13 @@ class PipeTransport(Transport):
         except ConnectionResetError:
             return b""
 
+    def recv_into(self, view):
+        self._wait(self.fd_in, False)
+        try:
+            return os.readv(self.fd_in, [view])
+        except ConnectionResetError:
+            return 0
+
     def sendv(self, buffers):
         pending = [memoryview(b).cast("B") for b in buffers if len(b)]
         try:
@@ -371,58 +388,85 @@ class BytesTransport(Transport):
 
 
 class RawIn:
-    """Buffered reads from a transport; calls `before_block` (which flushes
-    our pending output) before it waits for the peer, so the two sides can
-    never both wait for each other."""
+    """Buffered reads from a transport into one reusable buffer; calls
+    `before_block` (which flushes our pending output) before it waits for
+    the peer, so the two sides can never both wait for each other.
+
+    `take(n)` hands out a view of up to n buffered bytes without copying;
+    the view is valid until the next call that reads."""
+
+    SIZE = 1 << 20
 
     def __init__(self, transport, before_block=None):
         self.transport = transport
         self.before_block = before_block
-        self.buf = bytearray()
+        self.buf = bytearray(self.SIZE)
+        self.view = memoryview(self.buf)
         self.pos = 0
+        self.end = 0
         self.total = 0
 
-    def _fill(self, want):
-        if self.pos:
-            del self.buf[:self.pos]
-            self.pos = 0
+    def _fill(self):
+        """Reads more from the transport after what is buffered; False at EOF."""
+        if self.pos == self.end:
+            self.pos = self.end = 0
+        elif self.end == len(self.buf):
+            n = self.end - self.pos
+            self.buf[:n] = self.view[self.pos:self.end]
+            self.pos, self.end = 0, n
         if self.before_block:
             self.before_block()
-        data = self.transport.recv(max(want, 1 << 18))
-        if not data:
+        got = self.transport.recv_into(self.view[self.end:])
+        if not got:
             return False
-        self.buf += data
-        self.total += len(data)
+        self.end += got
+        self.total += got
         return True
+
+    def take(self, n):
+        """A view of 1..n buffered bytes (n > 0)."""
+        if self.pos == self.end and not self._fill():
+            raise ConnectionClosed()
+        k = min(n, self.end - self.pos)
+        mv = self.view[self.pos:self.pos + k]
+        self.pos += k
+        return mv
 
     def read(self, n):
         """Exactly n bytes."""
-        while len(self.buf) - self.pos < n:
-            if not self._fill(n - (len(self.buf) - self.pos)):
-                raise ConnectionClosed()
-        b = bytes(self.buf[self.pos:self.pos + n])
-        self.pos += n
-        return b
+        if self.end - self.pos >= n:
+            b = bytes(self.view[self.pos:self.pos + n])
+            self.pos += n
+            return b
+        parts = []
+        while n:
+            piece = self.take(n)
+            parts.append(bytes(piece))
+            n -= len(piece)
+        return b"".join(parts)
 
     def read_line(self, limit=4096, eol=b"\n"):
         """A line without its terminator; a line over `limit` bytes is an error."""
+        start = self.pos
         while True:
-            i = self.buf.find(eol, self.pos)
+            i = self.buf.find(eol, start, self.end)
             if i >= 0:
-                line = bytes(self.buf[self.pos:i])
+                line = bytes(self.view[self.pos:i])
                 self.pos = i + 1
                 if len(line) > limit:
                     raise ProtocolError("line from peer too long", RERR_PROTOCOL)
                 return line
-            if len(self.buf) - self.pos > limit:
+            if self.end - self.pos > limit:
                 raise ProtocolError("line from peer too long", RERR_PROTOCOL)
-            if not self._fill(1):
-                if len(self.buf) > self.pos:
+            start = self.end - self.pos
+            if not self._fill():
+                if self.end > self.pos:
                     raise ConnectionClosed("connection closed in the middle of a line")
                 raise ConnectionClosed()
+            start += self.pos
 
     def pending(self):
-        return len(self.buf) - self.pos
+        return self.end - self.pos
 
 
 class Demux:
@@ -431,50 +475,50 @@ class Demux:
     MSG_DATA payloads become the data stream; every other message goes to
     `on_message(tag, payload)`."""
 
-    MAX_MSG = 1 << 24
-
     def __init__(self, raw, on_message):
         self.raw = raw
         self.on_message = on_message
-        self.buf = b""
-        self.pos = 0
+        self.left = 0
 
-    def _next_data(self):
+    def _next_frame(self):
         while True:
             hdr = struct.unpack("<I", self.raw.read(4))[0]
             tag = (hdr >> 24) - MPLEX_BASE
             length = hdr & 0xFFFFFF
             if tag == MSG_DATA:
                 if length:
-                    return self.raw.read(length)
+                    self.left = length
+                    return
                 continue
             if tag < 0:
                 raise ProtocolError("unexpected tag %d (is the peer speaking rsync?)" % tag)
             payload = self.raw.read(length) if length else b""
             self.on_message(tag, payload)
 
+    def take(self, n):
+        """A view of 1..n bytes of data (valid until the next read)."""
+        if not self.left:
+            self._next_frame()
+        mv = self.raw.take(min(n, self.left))
+        self.left -= len(mv)
+        return mv
+
     def read(self, n):
-        avail = len(self.buf) - self.pos
-        if avail >= n:
-            b = self.buf[self.pos:self.pos + n]
-            self.pos += n
+        raw = self.raw
+        if self.left >= n and raw.end - raw.pos >= n:
+            self.left -= n
+            b = bytes(raw.view[raw.pos:raw.pos + n])
+            raw.pos += n
             return b
-        parts = [self.buf[self.pos:]] if avail else []
-        need = n - avail
-        while need > 0:
-            data = self._next_data()
-            if len(data) > need:
-                parts.append(data[:need])
-                self.buf, self.pos = data, need
-                need = 0
-            else:
-                parts.append(data)
-                need -= len(data)
-                self.buf, self.pos = b"", 0
+        parts = []
+        while n:
+            piece = self.take(n)
+            parts.append(bytes(piece))
+            n -= len(piece)
         return b"".join(parts)
 
     def pending(self):
-        return len(self.buf) - self.pos
+        return min(self.left, self.raw.pending())
 
 
 class In:
@@ -491,6 +535,10 @@ class In:
         if n < 0:
             raise ProtocolError("negative length %d from peer" % n)
         return self.src.read(n) if n else b""
+
+    def take(self, n):
+        """A view of 1..n bytes, without copying (valid until the next read)."""
+        return self.src.take(n)
 
     def byte(self):
         return self.src.read(1)[0]
@@ -3792,22 +3840,31 @@ class Receiver:
             offset = 0
             bview = memoryview(basis_mm) if basis_mm is not None else None
             chunk = None
+            batch = _WriteBatch(fd, inp.src) if failed is None and not opts.inplace else None
             try:
                 while True:
+                    if batch is not None:
+                        batch.before_read(4)
                     t = inp.int32()
                     if t == 0:
                         break
                     if t > 0:
                         if t > (1 << 24):
                             raise ProtocolError("literal run of %d bytes is too long" % t)
-                        data = inp.read(t)
-                        if failed is None:
-                            h.update(data)
-                            if opts.inplace:
-                                os.pwrite(fd, data, offset)
-                            else:
-                                _write_all(fd, data)
-                        offset += t
+                        left = t
+                        while left:
+                            if batch is not None:
+                                batch.before_read(1)
+                            data = inp.take(left)
+                            left -= len(data)
+                            if failed is None:
+                                h.update(data)
+                                if batch is not None:
+                                    batch.add(data)
+                                else:
+                                    os.pwrite(fd, data, offset)
+                            offset += len(data)
+                        data = None
                         self.stats.literal_data += t
                     else:
                         i = -(t + 1)
@@ -3822,17 +3879,20 @@ class Receiver:
                             raise ProtocolError("the basis file changed during the transfer", RERR_FILEIO)
                         chunk = bview[start:start + blen]
                         h.update(chunk)
-                        if opts.inplace:
-                            if start != offset:
-                                os.pwrite(fd, chunk, offset)
-                        else:
-                            _write_all(fd, chunk)
+                        if batch is not None:
+                            batch.add(chunk)
+                        elif start != offset:
+                            os.pwrite(fd, chunk, offset)
                         offset += blen
                         self.stats.matched_data += blen
                     if self.progress:
                         self.progress(e, offset)
+                if batch is not None:
+                    batch.flush()
             finally:
                 chunk = None
+                if batch is not None:
+                    batch.pending = None
                 if bview is not None:
                     bview.release()
             digest = inp.read(sess.checksums.xfer_len)
@@ -3872,11 +3932,41 @@ class Receiver:
                     pass
 
 
-def _write_all(fd, data):
-    mv = memoryview(data)
-    while mv:
-        n = os.write(fd, mv)
-        mv = mv[n:]
+class _WriteBatch:
+    """Collects views of received data and writes them with one writev, as
+    long as the input buffer they point into has not been refilled."""
+
+    LIMIT = 1 << 20
+
+    def __init__(self, fd, src):
+        self.fd = fd
+        self.src = src
+        self.pending = []
+        self.size = 0
+
+    def before_read(self, n):
+        if self.pending and self.src.pending() < n:
+            self.flush()
+
+    def add(self, view):
+        self.pending.append(view)
+        self.size += len(view)
+        if self.size >= self.LIMIT or len(self.pending) >= 512:
+            self.flush()
+
+    def flush(self):
+        views = self.pending
+        while views:
+            n = os.writev(self.fd, views)
+            while n and views:
+                if n >= len(views[0]):
+                    n -= len(views[0])
+                    views.pop(0)
+                else:
+                    views[0] = views[0][n:]
+                    n = 0
+        self.pending = []
+        self.size = 0
 
 
 _UMASK = None
