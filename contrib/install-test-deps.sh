@@ -21,3 +21,6 @@ if ! [ -x /opt/rsync-3.2.7/usr/bin/rsync ]; then
 fi
 python3 -m pip install -q -r requirements.txt
 python3 setup.py -q build_ext --inplace
+# Bytecode now: an environment with PYTHONDONTWRITEBYTECODE would recompile
+# rsync.py at every start.
+python3 -m compileall -q -x "(bench|build)/" .
