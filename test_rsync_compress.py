@@ -1,6 +1,6 @@
-"""rsync_compress: token streams against themselves, against stock rsync
-senders (a raw-protocol client of a stock daemon), and against malformed
-input.
+"""rsync_compress: token streams against themselves, against stock rsync in
+both directions (raw-protocol client of a stock daemon; scripted daemon for a
+stock client), and against malformed input.
 
 Tests that need stock rsync or a compression package fail instead of
 skipping when the environment variable CI is set."""
@@ -9,7 +9,9 @@ import hashlib
 import io
 import random
 import socket
+import stat
 import struct
+import threading
 import zlib
 
 import pytest
@@ -17,7 +19,7 @@ import pytest
 import rsync
 import rsync_compress as rc
 import rsync_delta
-from conftest import RSYNC, RSYNC_327, need
+from conftest import RSYNC, RSYNC_327, need, run
 
 METHODS = ["zstd", "lz4", "zlibx", "zlib"]
 ALL = [None] + METHODS
@@ -750,3 +752,243 @@ def test_receive_from_stock_daemon(stock_daemon_factory, module_dir, files, vers
     sess.out.flush()
     assert sess.inp.ndx() == rsync.NDX_DONE
     sess.transport.close()
+
+
+# ----------------------------------------------------------------------------
+# Sending to a stock rsync client from a scripted daemon
+
+
+def compression_args(args):
+    """What a stock client asks for: (-z count, choice, level)."""
+    zs, choice, level = 0, None, None
+    for a in args:
+        if a.startswith("--"):
+            name, _, value = a[2:].partition("=")
+            if name in ("compress-choice", "zc"):
+                choice = value
+            elif name == "new-compress":
+                choice = "zlibx"
+            elif name == "old-compress":
+                choice = "zlib"
+            elif name in ("compress-level", "zl"):
+                level = int(value)
+        elif a.startswith("-"):
+            zs += a[1:].split("e", 1)[0].count("z")
+    if zs > 1 and not choice:
+        choice = "zlibx"
+    return zs, choice, level
+
+
+def setup_server(sess, compressing, choice):
+    """compat.c setup_protocol on the server side; the compression method."""
+    p = sess.protocol
+    negotiate = False
+    if p >= 30:
+        cf = rsync.CF_SYMLINK_TIMES
+        for letter, bit in (("f", rsync.CF_SAFE_FLIST), ("x", rsync.CF_AVOID_XATTR_OPTIM),
+                            ("C", rsync.CF_CHKSUM_SEED_FIX), ("I", rsync.CF_INPLACE_PARTIAL_DIR),
+                            ("u", rsync.CF_ID0_NAMES), ("v", rsync.CF_VARINT_FLIST_FLAGS)):
+            if letter in sess.opts.client_info:
+                cf |= bit
+        sess.out.varint(cf)
+        sess.compat_flags = cf
+        negotiate = bool(cf & rsync.CF_VARINT_FLIST_FLAGS)
+        sess.xfer_flags_as_varint = negotiate
+        sess.proper_seed_order = bool(cf & rsync.CF_CHKSUM_SEED_FIX)
+        sess.id0_names = bool(cf & rsync.CF_ID0_NAMES)
+        sess.use_safe_flist = bool(cf & rsync.CF_SAFE_FLIST) or p >= 31
+    xfer = "md5" if p >= 30 else "md4"
+    method = (choice or "zlib") if compressing else None
+    if negotiate:
+        sums = rsync.available_checksums()
+        sess.out.vstring(" ".join(sums).encode())
+        ours = rc.available_compressions(server=True)
+        if compressing and not choice:
+            sess.out.vstring(" ".join(ours).encode())
+        sess.out.flush()
+        xfer = rsync.negotiate_pick(sums, sess.inp.vstring(1024).decode())
+        if compressing and not choice:
+            method = rc.pick_compression(ours, sess.inp.vstring(1024).decode(), server=True)
+            assert method and method != "none"
+    seed = 0x1234567
+    sess.out.int32(seed)
+    implied = not negotiate
+    sess.checksum_seed = seed
+    sess.checksums = rsync.Checksums(xfer, xfer, seed, not (implied and not sess.proper_seed_order), p,
+                                     p < 30 and implied)
+    return method
+
+
+class ScriptedDaemon:
+    """An rsync daemon on loopback that serves `files` (name -> content) as
+    module m, sending each file's data through TokenWriter."""
+
+    def __init__(self, files, dict_after=None):
+        self.files = files
+        self.dict_after = dict_after
+        self.skip = None
+        self.uncompressed = []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1)
+        self.port = self.sock.getsockname()[1]
+        self.error = None
+        self.method = None
+        self.level = None
+        self.protocol = None
+        self.requests = []
+        self.blocks_sent = 0
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        conn, _ = self.sock.accept()
+        t = rsync.SocketTransport(conn, timeout=60)
+        try:
+            raw = rsync.RawIn(t)
+            t.sendv([b"@RSYNCD: 32.0 md5\n"])
+            greeting = raw.read_line()
+            protocol = min(32, int(greeting.split()[1].split(b".")[0]))
+            self.protocol = protocol
+            raw.read_line()
+            t.sendv([b"@RSYNCD: OK\n"])
+            args = []
+            while True:
+                a = raw.read_line(eol=b"\0" if protocol >= 30 else b"\n")
+                if not a:
+                    break
+                args.append(a.decode())
+            opts, _ = rsync.parse_server_args(args)
+            zs, choice, level = compression_args(args)
+            for a in args:
+                if a.startswith("--skip-compress="):
+                    self.skip = rc.skip_compress_rules(a.partition("=")[2], daemon=True)
+            sess = rsync.Session(t, opts, am_server=True, am_sender=True, raw=raw)
+            sess.set_protocol(protocol)
+            self.method = setup_server(sess, zs > 0 or choice is not None or level is not None, choice)
+            self.level = level
+            sess.start_mux_out()
+            if protocol >= 30:
+                sess.start_mux_in()
+            rsync.recv_filter_rules(sess)
+            self.send(sess)
+        except Exception as e:
+            self.error = e
+        finally:
+            t.close()
+
+    def send(self, sess):
+        p = sess.protocol
+        top = rsync.FileEntry(b".", stat.S_IFDIR | 0o755, 0, 1_700_000_000)
+        top.flags = rsync.FLAG_TOP_DIR | rsync.FLAG_CONTENT_DIR
+        entries = [top] + [rsync.FileEntry(n.encode(), stat.S_IFREG | 0o644, len(d), 1_700_000_000)
+                           for n, d in self.files.items()]
+        rsync.sort_file_list(entries, p)
+        enc = rsync.FlistEncoder(sess.out, sess.opts, p, sess.xfer_flags_as_varint, sess.checksums.file_len)
+        for e in entries:
+            enc.send(e, e.ndx)
+        enc.end(0, sess.use_safe_flist)
+        enc.send_id_lists(sess.id0_names)
+        if p < 30:
+            sess.out.int32(0)
+        sess.out.flush()
+        level = None
+        if self.method is not None:
+            level = rc.compression_level(self.method, self.level)
+        writer = rc.TokenWriter(self.method, sess.out.write, level, p)
+        if self.dict_after is not None:
+            writer.DICT_AFTER = self.dict_after
+        phase, max_phase = 0, (2 if p >= 29 else 1)
+        while True:
+            ndx, iflags, basis, xname = sess.read_ndx_and_attrs(len(entries))
+            if ndx == rsync.NDX_DONE:
+                phase += 1
+                if phase > max_phase:
+                    break
+                sess.out.ndx(rsync.NDX_DONE)
+                sess.out.flush()
+                continue
+            if not iflags & rsync.ITEM_TRANSFER:
+                sess.write_ndx_and_attrs(ndx, iflags, basis, xname)
+                continue
+            self.requests.append(ndx)
+            head = sess.read_sum_head()
+            sum1s, sum2s = sess.read_sums(head[0], head[2]) if head[0] else ([], [])
+            sess.write_ndx_and_attrs(ndx, iflags, basis, xname)
+            sess.write_sum_head(*head)
+            name = entries[ndx].name
+            compress = not (self.skip and rc.skip_compress(name, self.skip))
+            if not compress:
+                self.uncompressed.append(name.decode())
+            self.send_file(sess, writer, self.files[name.decode()], head, sum1s, sum2s, compress)
+            sess.out.flush()
+        sess.out.ndx(rsync.NDX_DONE)
+        sess.out.flush()
+        rsync.write_stats(sess)
+        rsync.read_final_goodbye(sess, len(entries))
+        sess.out.flush()
+
+    def send_file(self, sess, writer, data, head, sum1s, sum2s, compress):
+        count, blength, s2length, remainder = head
+        writer.begin_file(compress)
+        if count == 0 or not data:
+            writer.literal(data)
+        else:
+            table = rsync_delta.BlockTable(sum1s, sum2s, blength, remainder, s2length)
+            mv = memoryview(data)
+            for off, n, idx in rsync_delta.match(table, data, len(data), sess.checksums.strong):
+                writer.literal(mv[off:off + n])
+                if idx >= 0:
+                    start = off + n
+                    writer.block(idx, mv[start:start + table.block_len(idx)])
+                    self.blocks_sent += 1
+        writer.end_file()
+        h = sess.checksums.file_hasher()
+        h.update(data)
+        sess.out.write(h.digest())
+
+
+# (rsync version, protocol, client compression args, extra client args, DICT_AFTER)
+SEND_CASES = [(v, 32, ("--zc=%s" % m,), (), None) for v in ("3.5.0", "3.2.7") for m in METHODS]
+SEND_CASES += [(v, 32, ("-z",), (), None) for v in ("3.5.0", "3.2.7")]
+SEND_CASES += [(v, p, ("-z",), (), None) for v in ("3.5.0", "3.2.7") for p in (27, 29)]
+SEND_CASES += [(v, p, ("--zc=zlib",), ("--block-size=100000",), d)
+               for v in ("3.5.0", "3.2.7") for p in (30, 31) for d in (0, 1 << 40)]
+SEND_CASES += [("3.5.0", 27, ("-z",), ("--block-size=100000",), d) for d in (0, 1 << 40)]
+SEND_CASES += [("3.5.0", 32, ("--zc=zlib",), (), d) for d in (0, 1 << 40)]
+SEND_CASES += [("3.5.0", 32, ("--zc=zlib", "--zl=1"), (), None), ("3.5.0", 32, ("--zc=zlib", "--zl=9"), (), None),
+               ("3.5.0", 32, ("--zc=zstd", "--zl=-7"), (), None), ("3.5.0", 32, ("--zc=zstd", "--zl=19"), (), None),
+               ("3.5.0", 30, ("--zc=zstd",), (), None), ("3.5.0", 30, ("--zc=lz4",), (), None),
+               ("3.5.0", 30, ("--zc=zlibx",), (), None), ("3.5.0", 32, ("-zz",), (), None),
+               ("3.5.0", 32, ("--zc=lz4",), ("--block-size=16",), None),
+               ("3.5.0", 32, ("--zc=zlib",), ("--skip-compress=jpg/txt",), None)]
+
+
+@pytest.mark.parametrize("version,protocol,zargs,extra,dict_after", SEND_CASES,
+                         ids=["%s-p%d-%s%s-%s" % (v, p, "".join(z), "".join(e), d) for v, p, z, e, d in SEND_CASES])
+def test_send_to_stock_client(tmp_path, files, version, protocol, zargs, extra, dict_after):
+    binary = need(RSYNC if version == "3.5.0" else RSYNC_327, "stock rsync %s" % version)
+    method = compression_args(list(zargs))[1] or ("zstd" if protocol >= 30 else "zlib")
+    need_method(method)
+    content = {n: d for n, (d, _, _) in files.items()}
+    daemon = ScriptedDaemon(content, dict_after=dict_after)
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    for name, (_, stale, _) in files.items():
+        if stale is not None:
+            (dst / name).write_bytes(stale)
+    cmd = [binary, "-a", *zargs, *extra, "rsync://127.0.0.1:%d/m/" % daemon.port, str(dst) + "/"]
+    if protocol != 32:
+        cmd.insert(2, "--protocol=%d" % protocol)
+    p = run(cmd, check=False, timeout=300)
+    daemon.thread.join(60)
+    assert p.returncode == 0, (p.returncode, p.stderr.decode(errors="replace"), daemon.error)
+    assert daemon.error is None, daemon.error
+    assert daemon.method == method and daemon.protocol == protocol
+    assert b"failed verification" not in p.stderr
+    assert len(daemon.requests) == len(set(daemon.requests)) == len(files), "a file was sent twice"
+    assert daemon.blocks_sent >= 30
+    for name, data in content.items():
+        assert (dst / name).read_bytes() == data, name
+    if any(e.startswith("--skip-compress") for e in extra):
+        assert sorted(daemon.uncompressed) == ["edited.txt", "photo.jpg", "text.txt", "tiny.txt"]
