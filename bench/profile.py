@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Profiles our daemon or client on a bench case with py-spy and prints the
+functions with the most cumulative (inclusive) on-CPU time.
+
+    python3 bench/profile.py daemon:A daemon:C client:A client:B --size 1G
+
+Each SIDE:CASE is one transfer set up as bench/run.py sets it up, with our
+program on SIDE run under `py-spy record` (`pip install py-spy`). The raw
+stacks are kept in OUT/profile-SIDE-CASE.txt (flamegraph.pl reads them).
+"""
+
+import argparse
+import collections
+import os
+import shutil
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import run  # noqa: E402
+
+
+def top_functions(path, n):
+    """(total samples, [(function, inclusive samples, self samples)]) of a py-spy raw file."""
+    incl = collections.Counter()
+    own = collections.Counter()
+    total = 0
+    with open(path) as f:
+        for line in f:
+            stack, _, count = line.rstrip("\n").rpartition(" ")
+            if not stack:
+                continue
+            count = int(count)
+            frames = stack.split(";")
+            total += count
+            for fn in set(frames):
+                incl[fn] += count
+            own[frames[-1]] += count
+    return total, [(fn, c, own[fn]) for fn, c in incl.most_common(n)]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("specs", nargs="+", metavar="SIDE:CASE", help="daemon:A, client:B, ...")
+    p.add_argument("--size", type=run.parse_size, default=run.GiB, help="the large file of A and C (default 1G)")
+    p.add_argument("--files", type=int, default=20000, help="files in B and D (default 20000)")
+    p.add_argument("--checksum", default="default", help="default or a --checksum-choice name")
+    p.add_argument("--pure", action="store_true", help="with GOKR_RSYNC_PURE=1")
+    p.add_argument("--rate", type=int, default=200, help="samples per second (default 200)")
+    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--out", default=os.path.join(HERE, "out"))
+    a = p.parse_args(argv)
+    spy = shutil.which("py-spy")
+    if not spy:
+        sys.stderr.write("profile: py-spy not found (pip install py-spy)\n")
+        return 1
+    bench = run.Bench(run.parse_args(["--size", str(a.size), "--files", str(a.files), "--out", a.out]))
+    run.become_subreaper()
+    for spec in a.specs:
+        side, _, case = spec.partition(":")
+        if side not in ("daemon", "client") or case not in run.CASE_ARGS:
+            p.error("not SIDE:CASE: %r" % spec)
+        raw = os.path.join(bench.out, "profile-%s-%s.txt" % (side, case))
+        bench.wrap = {side: [spy, "record", "--rate", str(a.rate), "--function", "--format", "raw",
+                             "--output", raw, "--"]}
+        row = {"case": case, "side": side, "checksum": a.checksum, "pure": a.pure, "size": a.size}
+        src, args, changed, dests = bench.setup(row)
+        for path in (src, changed and os.path.dirname(changed)):
+            if path:
+                run.warm(path)
+        bench.before_run(case, dests["ours"], changed)
+        c, s, port = bench.pair(side, True, src, args, dests["ours"])
+        r = run.run_transfer(c, s, bench.env_for(True, a.pure), bench.tmp, 3600, port)
+        shutil.rmtree(os.path.join(bench.out, "dst"), ignore_errors=True)
+        total, rows = top_functions(raw, a.top)
+        print("\n## our %s, case %s (%s, %s checksum%s): wall %.2f s, our CPU %.2f s, %d samples at %d Hz\n" % (
+            side, case, bench.describe(case, a.size), a.checksum, ", pure" if a.pure else "", r["wall"],
+            r[("server" if side == "daemon" else "client") + "_cpu"], total, a.rate))
+        print("| cumulative s | cumulative % | self % | function |")
+        print("|---|---|---|---|")
+        for fn, c_, own in rows:
+            print("| %.2f | %.0f | %.0f | `%s` |" % (c_ / a.rate, 100 * c_ / total, 100 * own / total, fn))
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
