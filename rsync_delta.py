@@ -4,7 +4,8 @@ The receiver sends the weak (rolling) and strong checksum of each block of
 its copy of a file; the sender looks for those blocks at every offset of its
 own version and sends the rest as literal data. checksum1 is rsync's weak
 checksum, match() its block search (match.c's hash_search), choosing the
-same blocks as rsync does.
+same blocks as the rsync 3.5.0 sender does, including the limits it puts on
+the work a receiver's choice of block sums can cause.
 
 The byte-at-a-time loops run in C when the optional library built from
 contrib/rsync_delta.c (`python3 setup.py build_ext --inplace`) sits next to
@@ -18,25 +19,32 @@ import importlib.machinery
 import os
 from itertools import accumulate
 
-__all__ = ["CHUNK_SIZE", "MAX_CHAIN_LEN", "FLUSH", "IMPLEMENTATION", "checksum1",
+__all__ = ["CHUNK_SIZE", "MAX_CHAIN_LEN", "MAX_STREAK", "FLUSH", "IMPLEMENTATION", "checksum1",
            "block_checksum1s", "BlockTable", "MatchStats", "match"]
 
 CHUNK_SIZE = 32 * 1024
 """rsync's unit for reading files and sending literal data."""
 
 MAX_CHAIN_LEN = 1024
-"""The most blocks with the same weak sum rsync compares at one offset before
-rolling on (match.c's MAX_CHAIN_LEN, CVE-2026-70453): without it, files made
-of many identical blocks make the search quadratic."""
+"""The most blocks with the window's weak sum and length compared at one
+offset before rolling on (match.c's MAX_CHAIN_LEN, CVE-2026-70453): without
+it, files made of many identical blocks make the search quadratic."""
+
+MAX_STREAK = 3
+"""After more than this many offsets in a row where blocks with the window's
+weak sum were compared in vain, the search moves on by a whole block instead
+of a byte, as rsync's sender does: a receiver that sends thousands of blocks
+with the weak sum of a run of zeros then costs about one strong sum per block
+of such a run, not one per byte."""
 
 FLUSH = 256 * 1024
 """match() hands out pending literal data once it reaches this many bytes."""
 
-_SMALL_TABLE = 1 << 16
 _SEGMENT = 1 << 16
 _PIECE = 1 << 14
-_ABI_VERSION = 1
+_ABI_VERSION = 2
 _END, _CANDIDATES, _FLUSH = 0, 1, 2
+_JUMP = object()
 
 
 def _byte_view(buf):
@@ -104,16 +112,20 @@ class MatchStats:
     """Counters of one match() run, left on its BlockTable as .stats.
 
     comparisons: strong sums compared with blocks, false_alarms: of which
-    differed, matches: blocks sent, max_chain: most blocks with the window's
-    weak sum looked at for one offset (at most MAX_CHAIN_LEN), capped:
-    offsets where MAX_CHAIN_LEN cut that short.
+    differed, matches: blocks sent, max_chain: most blocks compared at one
+    offset (at most MAX_CHAIN_LEN), capped: offsets where MAX_CHAIN_LEN cut
+    that short, pruned: blocks dropped for having the strong sum of the
+    block compared just before them, jumps: times the search moved on by a
+    block after a run of false alarms (MAX_STREAK).
     """
 
-    __slots__ = ("comparisons", "false_alarms", "matches", "max_chain", "capped")
+    __slots__ = ("comparisons", "false_alarms", "matches", "max_chain", "capped",
+                 "pruned", "jumps")
 
     def __init__(self):
         self.comparisons = self.false_alarms = 0
         self.matches = self.max_chain = self.capped = 0
+        self.pruned = self.jumps = 0
 
     def __repr__(self):
         fields = ", ".join(f"{name}={getattr(self, name)}" for name in self.__slots__)
@@ -240,23 +252,17 @@ def _strong_prefix(strong, data, s2length):
     return digest
 
 
-def _hash_table(sum1s):
-    """rsync's table: bucket heads and per-block chain links, newest first."""
-    count = len(sum1s)
-    size = max((count // 8) * 10 + 11, _SMALL_TABLE)
-    head = [-1] * size
-    chain = [-1] * count
-    if size == _SMALL_TABLE:
-        for i, s in enumerate(sum1s):
-            h = ((s & 0xFFFF) + (s >> 16)) & 0xFFFF
-            chain[i] = head[h]
-            head[h] = i
-    else:
-        for i, s in enumerate(sum1s):
-            h = s % size
-            chain[i] = head[h]
-            head[h] = i
-    return size, head, chain
+def _chains(sum1s, chained):
+    """Blocks 0..chained-1 linked by weak sum, highest block first (the order
+    in which rsync tries them): {sum: first block}, next block per block."""
+    heads = {}
+    chain = [-1] * len(sum1s)
+    get = heads.get
+    for i in range(chained):
+        s = sum1s[i]
+        chain[i] = get(s, -1)
+        heads[s] = i
+    return heads, chain
 
 
 def _match_py(table, buf, length, strong, inplace=False):
@@ -269,48 +275,80 @@ def _match_py(table, buf, length, strong, inplace=False):
     count, bl, lastlen, s2length = table.count, table.blength, table.lastlen, table.s2length
     sum1s = table.sum1s.tolist()
     sum2s = table.sum2s
-    size, head, chain = _hash_table(sum1s)
-    known = frozenset(sum1s)
-    small = size == _SMALL_TABLE
+    # A last block shorter than the others can only match the final window.
+    last = count - 1
+    chained = count if lastlen == bl else last
+    heads, chain = _chains(sum1s, chained)
+    occupied = bytearray(1 << 16)
+    for s in heads:
+        occupied[((s & 0xFFFF) + (s >> 16)) & 0xFFFF] = 1
     same_offset = bytearray(count)
     chooser = _Chooser(table, view, length, strong, inplace, same_offset, _checksum1_py)
+    streak = 0
+    streak_next = -1
 
-    def search(offset, k, s1, s2):
-        """The first block with this window's sums, as (block, sum1, sum2), or None."""
-        sum1 = (s1 & 0xFFFF) | ((s2 & 0xFFFF) << 16)
-        h = ((s1 + s2) & 0xFFFF) if small else sum1 % size
-        candidates = []
-        same_sum = 0
-        prev = -1
-        i = head[h]
-        while i >= 0:
-            following = chain[i]
-            if inplace and i * bl < offset and not same_offset[i]:
-                if prev < 0:
-                    head[h] = following
+    def search(offset, k, sum1):
+        """(block, sum1, sum2) of the first block matching the window, None
+        when there is none, _JUMP when false alarms call for a jump."""
+        nonlocal streak, streak_next
+        sum2 = None
+        compared = 0
+        found = -1
+        if k == bl:
+            i = heads.get(sum1, -1)
+            prev = before = -1
+            while i >= 0:
+                following = chain[i]
+                if inplace and i * bl < offset and not same_offset[i]:
+                    # The receiver has written over block i.
+                    drop = True
+                elif (before >= 0 and sum2s[i] == sum2s[before]
+                      and not (inplace and same_offset[i] and not same_offset[before])):
+                    # Block `before` differed from this window, and so does i.
+                    stats.pruned += 1
+                    drop = True
                 else:
-                    chain[prev] = following
-                i = following
-                continue
-            prev = i
-            if sum1s[i] == sum1:
-                if same_sum == MAX_CHAIN_LEN:
+                    drop = False
+                if drop:
+                    if prev < 0:
+                        heads[sum1] = following
+                    else:
+                        chain[prev] = following
+                    i = following
+                    continue
+                if sum2 is None:
+                    sum2 = _strong_prefix(strong, view[offset:offset + k], s2length)
+                if compared == MAX_CHAIN_LEN:
                     stats.capped += 1
                     break
-                same_sum += 1
-                if (lastlen if i == count - 1 else bl) == k:
-                    candidates.append(i)
-            i = following
-        if same_sum > stats.max_chain:
-            stats.max_chain = same_sum
-        if not candidates:
+                compared += 1
+                if sum2s[i] == sum2:
+                    found = i
+                    break
+                before = prev = i
+                i = following
+        elif (chained == last and k == lastlen and sum1 == sum1s[last]
+              and not (inplace and last * bl < offset and not same_offset[last])):
+            sum2 = _strong_prefix(strong, view[offset:offset + k], s2length)
+            compared = 1
+            if sum2s[last] == sum2:
+                found = last
+        if not compared:
             return None
-        sum2 = _strong_prefix(strong, view[offset:offset + k], s2length)
-        for i in candidates:
-            stats.comparisons += 1
-            if sum2s[i] == sum2:
-                return i, sum1, sum2
-            stats.false_alarms += 1
+        stats.comparisons += compared
+        if compared > stats.max_chain:
+            stats.max_chain = compared
+        if found >= 0:
+            stats.false_alarms += compared - 1
+            streak = 0
+            streak_next = -1
+            return found, sum1, sum2
+        stats.false_alarms += compared
+        streak = streak + 1 if offset == streak_next else 1
+        if streak > MAX_STREAK:
+            streak_next = offset + bl
+            return _JUMP
+        streak_next = offset + 1
         return None
 
     end = length + 1 - lastlen
@@ -319,9 +357,9 @@ def _match_py(table, buf, length, strong, inplace=False):
     s1, s2 = _weak_sums(view[:k])
     segment = 1
     while offset < end:
-        if offset - last_match >= FLUSH:
-            yield last_match, offset - last_match, -1
-            last_match = offset
+        while offset - last_match >= FLUSH:
+            yield last_match, FLUSH, -1
+            last_match += FLUSH
         found = None
         stop = min(end, last_match + FLUSH, offset + segment, length - bl)
         if offset < stop:
@@ -329,28 +367,18 @@ def _match_py(table, buf, length, strong, inplace=False):
             segment = min(2 * segment, _SEGMENT)
             outgoing = signed[offset:stop].tolist()
             incoming = signed[offset + bl:stop + bl].tolist()
-            if small:
-                for o, n in zip(outgoing, incoming):
-                    if (head[(s1 + s2) & 0xFFFF] >= 0
-                            and ((s1 & 0xFFFF) | ((s2 & 0xFFFF) << 16)) in known):
-                        found = search(offset, bl, s1, s2)
+            for o, n in zip(outgoing, incoming):
+                if occupied[(s1 + s2) & 0xFFFF]:
+                    sum1 = (s1 & 0xFFFF) | ((s2 & 0xFFFF) << 16)
+                    if sum1 in heads:
+                        found = search(offset, bl, sum1)
                         if found:
                             break
-                    s1 += n - o
-                    s2 += s1 - bl * o
-                    offset += 1
-            else:
-                for o, n in zip(outgoing, incoming):
-                    if ((s1 & 0xFFFF) | ((s2 & 0xFFFF) << 16)) in known:
-                        found = search(offset, bl, s1, s2)
-                        if found:
-                            break
-                    s1 += n - o
-                    s2 += s1 - bl * o
-                    offset += 1
+                s1 += n - o
+                s2 += s1 - bl * o
+                offset += 1
         else:
-            if ((s1 & 0xFFFF) | ((s2 & 0xFFFF) << 16)) in known:
-                found = search(offset, k, s1, s2)
+            found = search(offset, k, (s1 & 0xFFFF) | ((s2 & 0xFFFF) << 16))
             if not found:
                 o = signed[offset]
                 if offset + k < length:
@@ -361,7 +389,13 @@ def _match_py(table, buf, length, strong, inplace=False):
                     s2 -= k * o
                     k -= 1
                 offset += 1
-        if found:
+        if found is _JUMP:
+            stats.jumps += 1
+            offset += bl
+            k = max(0, min(bl, length - offset))
+            s1, s2 = _weak_sums(view[offset:offset + k])
+            segment = 1
+        elif found:
             i, sum1, sum2 = found
             offset, i = chooser.choose(offset, k, sum1, sum2, i)
             stats.matches += 1
@@ -383,11 +417,13 @@ class _Search(ctypes.Structure):
         ("last_match", ctypes.c_int64),
         ("sum", ctypes.c_uint32),
         ("window", ctypes.c_int32),
-        ("ncand", ctypes.c_int32),
         ("max_chain", ctypes.c_int32),
+        ("streak", ctypes.c_int32),
         ("comparisons", ctypes.c_uint64),
         ("false_alarms", ctypes.c_uint64),
         ("capped", ctypes.c_uint64),
+        ("pruned", ctypes.c_uint64),
+        ("jumps", ctypes.c_uint64),
     ]
 
 
@@ -471,7 +507,8 @@ def _declare(lib):
     for name, restype, argtypes in [
         ("rd_checksum1", ctypes.c_uint32, [vp, i64]),
         ("rd_block_checksum1s", None, [vp, i64, i32, vp]),
-        ("rd_new", search_p, [vp, i64, vp, vp, i32, i32, i32, i32, ctypes.c_int, vp, i32, i64]),
+        ("rd_new", search_p, [vp, i64, vp, vp, i32, i32, i32, i32, ctypes.c_int, vp, i32, i32,
+                              i64]),
         ("rd_free", None, [search_p]),
         ("rd_scan", ctypes.c_int, [search_p, ctypes.c_int]),
         ("rd_first_match", i32, [search_p, ctypes.c_char_p]),
@@ -523,7 +560,7 @@ def _match_c(table, buf, length, strong, inplace=False):
         view = _byte_view(buf)
         st = _lib.rd_new(pin.address, length, sum1s.buffer_info()[0], sum2_packed, count,
                          table.blength, table.lastlen, s2length, bool(inplace),
-                         same_offset_c, MAX_CHAIN_LEN, FLUSH)
+                         same_offset_c, MAX_CHAIN_LEN, MAX_STREAK, FLUSH)
         if not st:
             raise MemoryError("rsync_delta: no memory for the block search")
         s = st.contents
@@ -538,8 +575,10 @@ def _match_c(table, buf, length, strong, inplace=False):
                     break
                 offset = s.offset
                 if event == _FLUSH:
-                    yield last_match, offset - last_match, -1
-                    last_match = s.last_match = offset
+                    while offset - last_match >= FLUSH:
+                        yield last_match, FLUSH, -1
+                        last_match += FLUSH
+                    s.last_match = last_match
                     roll = 0
                     continue
                 k = s.window
@@ -560,6 +599,8 @@ def _match_c(table, buf, length, strong, inplace=False):
             stats.false_alarms = s.false_alarms
             stats.max_chain = s.max_chain
             stats.capped = s.capped
+            stats.pruned = s.pruned
+            stats.jumps = s.jumps
             del s
             _lib.rd_free(st)
             del same_offset_c, view
@@ -601,6 +642,13 @@ def match(table, buf, length, strong, inplace=False):
     block (its first table.s2length bytes are compared). With inplace the
     receiver updates its basis file in place (--inplace), and only blocks it
     has not yet overwritten are used. Counters end up in table.stats.
+
+    The receiver chooses the block sums. Whatever they are, strong is called
+    at most once per offset, at most MAX_CHAIN_LEN blocks are compared there,
+    a block whose strong sum equals that of the block compared just before
+    it is dropped, and a run of offsets with false alarms moves on a block
+    at a time (MAX_STREAK): a file whose every window has a weak sum in the
+    table costs about one strong sum per block.
     """
     if length < 0 or length > _byte_view(buf).nbytes:
         raise ValueError(f"length {length} outside the buffer")

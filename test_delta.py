@@ -2,7 +2,8 @@
 
 Both implementations must agree token for token; the tokens must rebuild the
 sender's file from the receiver's (also when the receiver updates its file in
-place); the search must stay bounded on files made of equal blocks.
+place); the search must stay bounded on files made of equal blocks and against
+block sums forged by a hostile receiver, choosing the blocks stock rsync does.
 """
 import array
 import hashlib
@@ -19,7 +20,7 @@ import threading
 import pytest
 
 import rsync_delta
-from rsync_delta import FLUSH, MAX_CHAIN_LEN, BlockTable
+from rsync_delta import FLUSH, MAX_CHAIN_LEN, MAX_STREAK, BlockTable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -380,7 +381,7 @@ def test_strong_sum_is_computed_once_per_offset(clib):
         assert calls == [bytes(64)] * 10
 
 
-# --- (d) equal weak sums stay linear ----------------------------------------------
+# --- (d) a hostile receiver's block sums ------------------------------------------------
 
 def _decoy(blength, c=100):
     """A block that has the weak sum of blength bytes of c, but other content."""
@@ -389,20 +390,104 @@ def _decoy(blength, c=100):
     return bytes(block)
 
 
-def test_equal_weak_sums_are_capped_per_offset(clib):
-    bl, nblocks, run = 64, 5000, 400
-    decoy = _decoy(bl)
+def _decoys(blength, n, c=100):
+    """n different blocks, each with the weak sum of blength bytes of c."""
+    out = []
+    for p in range(blength - 2):
+        for q in [None] + list(range(p + 3, blength - 2)):
+            block = bytearray([c]) * blength
+            for x in (p, q):
+                if x is not None:
+                    block[x:x + 3] = bytes([c + 1, c - 2, c + 1])
+            out.append(bytes(block))
+            if len(out) == n:
+                return out
+    raise ValueError(f"fewer than {n} decoys of {blength} bytes")
+
+
+def _run_offsets(run, blength):
+    """The offsets a run of false alarms visits: MAX_STREAK + 1 in a row, then
+    one per block."""
+    first = list(range(min(MAX_STREAK + 1, run - blength + 1)))
+    return first + list(range(first[-1] + blength, run - blength + 1, blength))
+
+
+def test_distinct_decoys_are_capped_per_offset(clib):
+    bl, run = 64, 400
+    decoys = _decoys(bl, MAX_CHAIN_LEN + 100)
     source = bytes([100]) * run
-    assert checksum1_reference(decoy) == checksum1_reference(source[:bl])
-    table = make_table(decoy * nblocks, bl)
-    offsets = run - bl + 1
-    for match in (rsync_delta._match_c, rsync_delta._match_py):
-        tokens = list(match(table, source, run, md5))
-        assert tokens == [(0, run, -1)]
-        stats = table.stats
-        assert stats.max_chain == MAX_CHAIN_LEN
-        assert stats.capped == offsets
-        assert stats.comparisons == stats.false_alarms == offsets * MAX_CHAIN_LEN
+    assert len(set(decoys)) == len(decoys)
+    assert {checksum1_reference(d) for d in decoys} == {checksum1_reference(source[:bl])}
+    table = make_table(b"".join(decoys), bl)
+    visited = _run_offsets(run, bl)
+    assert run_both(table, source, False) == [(0, run, -1)]
+    stats = table.stats
+    assert stats.max_chain == MAX_CHAIN_LEN
+    assert stats.capped == len(visited)
+    assert stats.comparisons == stats.false_alarms == len(visited) * MAX_CHAIN_LEN
+    assert stats.jumps == len(visited) - MAX_STREAK
+    assert stats.pruned == 0
+
+
+def test_repeats_of_a_false_alarm_are_pruned(clib):
+    """Blocks with the strong sum of the block just found different are
+    dropped for good and do not count toward the cap."""
+    bl, run = 64, 400
+    source = bytes([100]) * run
+    table = make_table(_decoy(bl) * 5000, bl)
+    visited = _run_offsets(run, bl)
+    assert run_both(table, source, False) == [(0, run, -1)]
+    stats = table.stats
+    assert stats.comparisons == stats.false_alarms == len(visited)
+    assert stats.pruned == 4999
+    assert stats.max_chain == 1 and stats.capped == 0
+    # Only repeats that follow each other in the chain: A B A is three
+    # comparisons, the A before them (A A B A in block order) is pruned.
+    a, b = _decoys(bl, 2)
+    table = make_table(a + a + b + a, bl)
+    assert run_both(table, source[:bl], False) == [(0, bl, -1)]
+    assert (table.stats.comparisons, table.stats.pruned) == (3, 1)
+
+
+def test_false_alarms_in_a_row_jump_a_block(clib):
+    bl = 64
+    c = bytes([100])
+    table = make_table(_decoy(bl), bl)
+    # Windows holding the X compare nothing and end the run of false alarms.
+    source = c * 70 + b"X" + c * 200
+    assert run_both(table, source, False) == [(0, len(source), -1)]
+    visited = [0, 1, 2, 3, 71, 72, 73, 74, 74 + bl, 74 + 2 * bl]
+    assert table.stats.comparisons == len(visited)
+    assert table.stats.jumps == 4
+    # A match ends the run too: the block after the decoys is still found.
+    real = random.Random(18).randbytes(bl)
+    table = make_table(_decoy(bl) + real, bl)
+    source = c * 300 + real + c * 100
+    tokens = run_both(table, source, False)
+    assert tokens == [(0, 300, 1), (300 + bl, 100, -1)]
+    check_coverage(tokens, table, len(source))
+
+
+def test_pruning_keeps_blocks_matched_in_place(clib):
+    """With --inplace, a block matched at its own offset survives the pruning
+    that follows a false alarm on an equal block not so matched: once the
+    receiver has written over that one, it is the only copy left."""
+    bl = 64
+    zero = bytes(bl)
+    basis = zero * 10 + random.Random(19).randbytes(5 * bl)
+    junk = random.Random(20).randbytes(700)
+    # Blocks 0-2 match in place; the window at 192 has the weak sum of zeros
+    # but other content; past block 9 only the blocks matched in place remain.
+    new = zero * 3 + bytes([1, 254, 1]) + bytes(bl - 3) + junk + zero * 2
+    table = make_table(basis, bl)
+    tokens = run_both(table, new, True)
+    assert [(off + lit, idx) for off, lit, idx in tokens if idx >= 0] == [
+        (0, 0), (bl, 1), (2 * bl, 2), (956, 2), (956 + bl, 2)]
+    assert rebuild_in_place(tokens, new, basis, table) == new
+    assert table.stats.pruned == 8
+    tokens = run_both(table, new, False)
+    assert [(off + lit, idx) for off, lit, idx in tokens if idx >= 0] == [
+        (0, 0), (bl, 1), (2 * bl, 2), (956, 3), (956 + bl, 4)]
 
 
 def test_cap_follows_rsyncs_chain_order(clib):
@@ -410,15 +495,112 @@ def test_cap_follows_rsyncs_chain_order(clib):
     bl = 64
     real = bytes([100]) * bl
     source = bytes(range(50)) + real + bytes(range(50))
-    decoys = _decoy(bl) * (MAX_CHAIN_LEN + 10)
+    decoys = b"".join(_decoys(bl, MAX_CHAIN_LEN + 10))
     low = make_table(real + decoys, bl)
     assert run_both(low, source, False) == [(0, len(source), -1)]
     assert low.stats.capped > 0
     high = make_table(decoys + real, bl)
     assert run_both(high, source, False) == [(0, 50, MAX_CHAIN_LEN + 10), (50 + bl, 50, -1)]
+    repeated = make_table(real + _decoy(bl) * (MAX_CHAIN_LEN + 10), bl)
+    assert run_both(repeated, source, False) == [(0, 50, 0), (50 + bl, 50, -1)]
 
 
-def test_many_blocks_use_rsyncs_big_table(clib):
+def _hostile(blocks, blength, remainder=0, s2length=16):
+    """A table of real blocks (bytes) and forged ones ((weak sum, strong sum)),
+    and a basis holding the real ones where the table says."""
+    basis = bytearray()
+    sum1s, sum2s = [], []
+    for n, block in enumerate(blocks):
+        size = remainder if remainder and n == len(blocks) - 1 else blength
+        if isinstance(block, bytes):
+            assert len(block) == size
+            sum1s.append(checksum1_reference(block))
+            sum2s.append(md5(block)[:s2length])
+            basis += block
+        else:
+            sum1s.append(block[0])
+            sum2s.append(block[1][:s2length])
+            basis += b"?" * size
+    return BlockTable(sum1s, sum2s, blength, remainder, s2length), bytes(basis)
+
+
+def _hostile_cases():
+    rng = random.Random(16)
+    for bl in (1, 16, 64, 700):
+        zero = checksum1_reference(bytes(bl))
+        bogus = [(zero, rng.randbytes(16)) for _ in range(1200)]
+        repeats = [bogus[n // 7] for n in range(1200)]
+        source = bytes(bl * 40 + 13)
+        yield f"zeros, forged sums, {bl}", bogus, bl, 0, source
+        yield f"zeros, repeated forged sums, {bl}", repeats, bl, 0, source
+        yield f"zeros, forged and real, {bl}", bogus[:600] + [bytes(bl)] + repeats[:600], bl, 0, source
+        if bl > 1:
+            rem = bl // 2 + 1
+            tail = (checksum1_reference(bytes(rem)), rng.randbytes(16))
+            yield f"zeros, forged short last block, {bl}", bogus[:100] + [tail], bl, rem, source
+            yield f"zeros, real short last block, {bl}", bogus[:100] + [bytes(rem)], bl, rem, source
+    block = rng.randbytes(64)
+    same = checksum1_reference(block)
+    forged = [(same, rng.randbytes(16)) for _ in range(40)]
+    source = block * 100 + block[:20] + b"x" + block * 50
+    yield "repeated block, forged sums", forged * 30, 64, 0, source
+    yield "repeated block, forged and real", forged * 10 + [block] + forged * 20 + [block], 64, 0, source
+    yield "repeated block, alternating", [block, forged[0]] * 300, 64, 0, source
+    # Distinct weak sums that share one of rsync's hash buckets.
+    mates = [(((-x) & 0xFFFF) << 16 | x, rng.randbytes(16)) for x in range(1, 3000)]
+    yield "bucket mates", mates + [bytes(64)] * 3, 64, 0, bytes(64 * 80)
+
+
+HOSTILE = list(_hostile_cases())
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("name,blocks,blength,remainder,source", HOSTILE,
+                         ids=[case[0] for case in HOSTILE])
+def test_hostile_tables_agree_and_rebuild(clib, name, blocks, blength, remainder, source, inplace):
+    for s2length in (16, 2):
+        table, basis = _hostile(blocks, blength, remainder, s2length)
+        tokens = run_both(table, source, inplace)
+        check_coverage(tokens, table, len(source))
+        assert rebuild(tokens, source, basis, table) == source
+        if inplace:
+            assert rebuild_in_place(tokens, source, basis, table) == source
+
+
+@pytest.mark.parametrize("kind", ["distinct", "repeated", "short last block", "one real"])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_hostile_table_costs_a_strong_sum_per_block(impl, kind, inplace):
+    """Thousands of blocks with the weak sum of zeros and forged strong sums
+    against a zero-filled file: strong sums are computed about once per
+    block of the file, not once per byte."""
+    match = impl[2]
+    size, bl = 4 << 20, 2048
+    rng = random.Random(17)
+    forged = [(0, rng.randbytes(16)) for _ in range(1500)]
+    remainder = 0
+    if kind == "repeated":
+        forged = [forged[n // 3] for n in range(len(forged))]
+    elif kind == "short last block":
+        remainder = 1000
+        forged.append((0, rng.randbytes(16)))
+    elif kind == "one real":
+        forged[700] = bytes(bl)
+    table, basis = _hostile(forged, bl, remainder)
+    calls = 0
+
+    def strong(view):
+        nonlocal calls
+        calls += 1
+        return md5(view)
+    data = bytes(size)
+    tokens = list(match(table, data, size, strong, inplace))
+    check_coverage(tokens, table, size)
+    assert rebuild(tokens, data, basis, table) == data
+    assert calls <= 2 * (size // bl) + 2 * MAX_STREAK
+    assert table.stats.comparisons <= MAX_CHAIN_LEN * calls
+
+
+def test_many_small_blocks(clib):
     rng = random.Random(10)
     basis = rng.randbytes(60_000 * 8)
     table = make_table(basis, 8, 4)
@@ -496,7 +678,9 @@ def _stock_rsync_matches(tmp_path, basis, new, blength, inplace):
     dst.mkdir()
     (dst / "f").write_bytes(basis)
     (tmp_path / "f").write_bytes(new)
-    args = ["rsync", "-I", "--no-whole-file", f"--block-size={blength}", "--debug=deltasum2"]
+    # A fixed seed: rsync's 2-byte strong sums could collide where ours do not.
+    args = ["rsync", "-I", "--no-whole-file", f"--block-size={blength}", "--debug=deltasum2",
+            "--checksum-choice=md5", "--checksum-seed=1"]
     if inplace:
         args.append("--inplace")
     out = subprocess.run(args + [str(tmp_path / "f"), str(dst) + "/"],
@@ -506,13 +690,37 @@ def _stock_rsync_matches(tmp_path, basis, new, blength, inplace):
             re.findall(r"^match at (\S+) last_match=\S+ j=(\d+)", out, re.M)]
 
 
+def _stock_cases():
+    rng = random.Random(14)
+    yield bytes(30_000), None, 700
+    yield rng.randbytes(30_000), None, 700
+    yield rng.randbytes(5000) * 6, None, 1000
+    bl = 64
+    c = bytes([100])
+    real = rng.randbytes(bl)
+    # Runs of false alarms (jumps), repeats of one decoy (pruning), a match after.
+    yield (_decoy(bl) * 40 + real + rng.randbytes(500),
+           c * 300 + real + c * 70 + b"X" + c * 200 + real, bl)
+    # The jump after four false alarms passes over a block that matches at 30.
+    early = c * 37 + rng.randbytes(bl - 37)
+    yield _decoy(bl) + early + rng.randbytes(300), c * 30 + early + rng.randbytes(200), bl
+    # Different decoys: several comparisons per offset.
+    yield b"".join(_decoys(bl, 30)) + real, c * 500 + real + c * 90, bl
+    # Zero runs broken by windows with the weak sum of zeros.
+    blip = bytes([1, 254, 1])
+    yield bytes(40 * bl), b"".join(bytes(rng.randrange(0, 3 * bl)) + blip for _ in range(12)), bl
+    # Blocks matched in place outlive the pruning of their equals.
+    yield (bytes(10 * bl) + rng.randbytes(5 * bl),
+           bytes(3 * bl) + blip + bytes(bl - 3) + rng.randbytes(700) + bytes(2 * bl), bl)
+
+
 @pytest.mark.skipif(shutil.which("rsync") is None, reason="stock rsync is not installed")
 @pytest.mark.parametrize("inplace", [False, True])
 def test_same_blocks_as_stock_rsync(tmp_path, inplace):
     rng = random.Random(14)
-    cases = [(bytes(30_000), 700), (rng.randbytes(30_000), 700), (rng.randbytes(5000) * 6, 1000)]
-    for basis, blength in cases:
-        new = _edit(rng, basis, 6)
+    for basis, new, blength in _stock_cases():
+        if new is None:
+            new = _edit(rng, basis, 6)
         table = make_table(basis, blength)
         ours = []
         for off, lit, idx in rsync_delta.match(table, new, len(new), md5, inplace):

@@ -6,10 +6,17 @@
  *
  * The sender looks for the receiver's blocks in its file by rolling a
  * weak checksum over every offset. This file does the rolling and the
- * hash-table lookups and hands control back to Python only at offsets
- * where some block has the same weak sum and length (Python then computes
- * the strong sum and calls rd_first_match), when the pending literal has
+ * table lookups and hands control back to Python only at offsets where
+ * some block has the same weak sum and length (Python then computes the
+ * strong sum and calls rd_first_match), when the pending literal has
  * grown to the flush size, or at the end of the search.
+ *
+ * The receiver chooses the block sums, so the search must stay cheap
+ * whatever they are. As the rsync sender does: blocks whose strong sum
+ * equals that of the block just found different are dropped for good,
+ * at most max_chain_len blocks are compared at one offset, and after more
+ * than max_streak offsets in a row without a match among blocks with the
+ * right weak sum, the search moves on by a whole block.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -23,11 +30,7 @@
 #endif
 
 /* Bumped whenever a signature or struct rd_search's public part changes. */
-#define RD_ABI_VERSION 1
-
-/* rsync's hash table has 2^16 buckets, indexed by s1 + s2, unless there
- * are so many blocks that it needs a bigger one, indexed by sum % size. */
-#define RD_SMALL_TABLE 65536u
+#define RD_ABI_VERSION 2
 
 enum { RD_END = 0, RD_CANDIDATES = 1, RD_FLUSH = 2 };
 
@@ -37,11 +40,13 @@ struct rd_search {
 	int64_t last_match;	/* start of the pending literal */
 	uint32_t sum;		/* weak sum of the window */
 	int32_t window;		/* length of the window */
-	int32_t ncand;		/* blocks found at offset with its weak sum and length */
-	int32_t max_chain;	/* most same-weak-sum blocks looked at for one offset */
+	int32_t max_chain;	/* most blocks compared at one offset */
+	int32_t streak;		/* offsets in a row with false alarms, up to offset */
 	uint64_t comparisons;	/* strong sums compared */
 	uint64_t false_alarms;	/* of which differed */
 	uint64_t capped;	/* offsets where max_chain_len cut the search short */
+	uint64_t pruned;	/* blocks dropped as repeats of a false alarm */
+	uint64_t jumps;		/* times the search skipped a block's worth of offsets */
 
 	const signed char *buf;
 	int64_t len;
@@ -51,12 +56,15 @@ struct rd_search {
 	const uint32_t *sum1;
 	const unsigned char *sum2;
 	unsigned char *same_offset;
-	int32_t count, blength, lastlen, s2length, max_chain_len;
+	int32_t count, blength, lastlen, s2length, max_chain_len, max_streak;
 	int inplace;
-	uint32_t tablesize;
-	int32_t *head;
+	int32_t chained;	/* blocks in the chains: all, or all but a short last one */
+	int32_t nkeys;		/* distinct weak sums of chained blocks */
+	uint32_t *keys;		/* those sums, ascending */
+	int32_t *head;		/* per key, its chain: the highest block first */
 	int32_t *next;
-	int32_t *cand;
+	int32_t group;		/* key of the candidates at offset, or -1 for the last block */
+	int64_t streak_next;	/* offset at which a false alarm extends the streak */
 	unsigned char *seen;	/* bit per hash of a weak sum in the table */
 	int seen_shift;
 };
@@ -138,13 +146,6 @@ static int seen(const unsigned char *bitmap, uint32_t index)
 	return bitmap[index >> 3] & (1u << (index & 7));
 }
 
-static uint32_t bucket(const struct rd_search *st, uint32_t sum)
-{
-	if (st->tablesize == RD_SMALL_TABLE)
-		return ((sum & 0xFFFF) + (sum >> 16)) & 0xFFFF;
-	return sum % st->tablesize;
-}
-
 static int32_t block_len(const struct rd_search *st, int32_t i)
 {
 	return i == st->count - 1 ? st->lastlen : st->blength;
@@ -165,11 +166,84 @@ RD_API void rd_free(struct rd_search *st)
 {
 	if (!st)
 		return;
+	free(st->keys);
 	free(st->head);
 	free(st->next);
-	free(st->cand);
 	free(st->seen);
 	free(st);
+}
+
+struct rd_keyed {
+	uint32_t sum;
+	int32_t i;
+};
+
+static int by_sum_then_block(const void *a, const void *b)
+{
+	const struct rd_keyed *x = a, *y = b;
+
+	if (x->sum != y->sum)
+		return x->sum < y->sum ? -1 : 1;
+	return (x->i > y->i) - (x->i < y->i);
+}
+
+/* Chains the blocks that share a weak sum, highest block first (the order
+ * in which rsync tries them), under that sum in keys[]. Looking sums up by
+ * binary search costs the same whatever sums the receiver chose. */
+static int build_chains(struct rd_search *st)
+{
+	int32_t n = st->chained, j;
+	size_t room = (size_t)(n ? n : 1);
+	struct rd_keyed *sorted = malloc(room * sizeof *sorted);
+
+	st->keys = malloc(room * sizeof *st->keys);
+	st->head = malloc(room * sizeof *st->head);
+	st->next = malloc((size_t)(st->count ? st->count : 1) * sizeof *st->next);
+	if (!sorted || !st->keys || !st->head || !st->next) {
+		free(sorted);
+		return 0;
+	}
+	for (j = 0; j < n; j++) {
+		sorted[j].sum = st->sum1[j];
+		sorted[j].i = j;
+	}
+	qsort(sorted, (size_t)n, sizeof *sorted, by_sum_then_block);
+	st->nkeys = 0;
+	for (j = 0; j < n; j++) {
+		int32_t i = sorted[j].i;
+
+		if (j && sorted[j - 1].sum == sorted[j].sum) {
+			st->next[i] = st->head[st->nkeys - 1];
+		} else {
+			st->keys[st->nkeys++] = sorted[j].sum;
+			st->next[i] = -1;
+		}
+		st->head[st->nkeys - 1] = i;
+	}
+	free(sorted);
+	return 1;
+}
+
+static int32_t find_key(const struct rd_search *st, uint32_t sum)
+{
+	int32_t lo = 0, hi = st->nkeys;
+
+	while (lo < hi) {
+		int32_t mid = lo + (hi - lo) / 2;
+
+		if (st->keys[mid] < sum)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < st->nkeys && st->keys[lo] == sum ? lo : -1;
+}
+
+/* With inplace, a block that starts before offset and was not matched at
+ * its own offset has been written over by the receiver: never usable again. */
+static int overwritten(const struct rd_search *st, int32_t i, int64_t offset)
+{
+	return st->inplace && (int64_t)i * st->blength < offset && !st->same_offset[i];
 }
 
 /* Starts a search of buf[0:len) for the count blocks whose weak sums are
@@ -182,7 +256,7 @@ RD_API struct rd_search *rd_new(const void *buf, int64_t len,
 				const uint32_t *sum1, const void *sum2, int32_t count,
 				int32_t blength, int32_t lastlen, int32_t s2length,
 				int inplace, unsigned char *same_offset,
-				int32_t max_chain_len, int64_t flush)
+				int32_t max_chain_len, int32_t max_streak, int64_t flush)
 {
 	struct rd_search *st = calloc(1, sizeof *st);
 	int32_t i;
@@ -201,67 +275,29 @@ RD_API struct rd_search *rd_new(const void *buf, int64_t len,
 	st->lastlen = lastlen;
 	st->s2length = s2length;
 	st->max_chain_len = max_chain_len;
+	st->max_streak = max_streak;
 	st->inplace = inplace;
+	/* A last block shorter than the others can only match the file's
+	 * final window: it stays out of the chains. */
+	st->chained = count > 0 && lastlen != blength ? count - 1 : count;
+	st->group = -1;
+	st->streak_next = -1;
 
-	st->tablesize = (uint32_t)(count / 8) * 10 + 11;
-	if (st->tablesize < RD_SMALL_TABLE)
-		st->tablesize = RD_SMALL_TABLE;
-	st->head = malloc(st->tablesize * sizeof *st->head);
-	st->next = malloc((size_t)(count ? count : 1) * sizeof *st->next);
-	st->cand = malloc((size_t)(max_chain_len > 0 ? max_chain_len : 1) * sizeof *st->cand);
 	for (st->seen_shift = 32 - 15; st->seen_shift > 32 - 26; st->seen_shift--) {
 		if (((uint64_t)1 << (32 - st->seen_shift)) >= (uint64_t)count * 32)
 			break;
 	}
 	st->seen = calloc((size_t)1 << (32 - st->seen_shift - 3), 1);
-	if (!st->head || !st->next || !st->cand || !st->seen) {
+	if (!st->seen || !build_chains(st)) {
 		rd_free(st);
 		return NULL;
 	}
-	memset(st->head, 0xFF, st->tablesize * sizeof *st->head);
-	/* Each block goes to the front of its bucket's chain, so chains run
-	 * from the highest block number down, as rsync's do. */
 	for (i = 0; i < count; i++) {
-		uint32_t h = bucket(st, sum1[i]);
 		uint32_t bit = seen_index(sum1[i], st->seen_shift);
-		st->next[i] = st->head[h];
-		st->head[h] = i;
 		st->seen[bit >> 3] |= (unsigned char)(1u << (bit & 7));
 	}
 	set_window(st, 0);
 	return st;
-}
-
-/* Collects into cand[] the blocks of bucket h with weak sum `sum` and length
- * k, in chain order, giving up after max_chain_len blocks with that weak
- * sum. With inplace, blocks that start before offset and were not matched
- * at their own offset can never be used again (the receiver has already
- * written over them) and are unlinked for good. */
-static int32_t collect(struct rd_search *st, uint32_t h, uint32_t sum, int32_t k, int64_t offset)
-{
-	int32_t *link = &st->head[h];
-	int32_t i, same_sum = 0, found = 0;
-
-	while ((i = *link) >= 0) {
-		if (st->inplace && (int64_t)i * st->blength < offset && !st->same_offset[i]) {
-			*link = st->next[i];
-			continue;
-		}
-		link = &st->next[i];
-		if (st->sum1[i] != sum)
-			continue;
-		if (same_sum == st->max_chain_len) {
-			st->capped++;
-			break;
-		}
-		same_sum++;
-		if (block_len(st, i) == k)
-			st->cand[found++] = i;
-	}
-	if (same_sum > st->max_chain)
-		st->max_chain = same_sum;
-	st->ncand = found;
-	return found;
 }
 
 #if defined(__GNUC__)
@@ -270,20 +306,37 @@ static int32_t collect(struct rd_search *st, uint32_t h, uint32_t sum, int32_t k
 #define RD_UNLIKELY(x) (x)
 #endif
 
-/* The hash-table lookup at offset, for a weak sum that passed the bitmap. */
-static int32_t lookup(struct rd_search *st, uint32_t s1, uint32_t s2, int32_t k, int64_t offset)
+/* Whether some block is to be compared at offset, whose window has weak
+ * sum `sum` and length k: the chain of that sum for a full window, the
+ * short last block for the final one. Notes which in st->group and drops
+ * overwritten blocks from the head of the chain. */
+static int lookup(struct rd_search *st, uint32_t sum, int32_t k, int64_t offset)
 {
-	uint32_t sum = pack_sum(s1, s2);
-	uint32_t h = st->tablesize == RD_SMALL_TABLE ? (s1 + s2) & 0xFFFF : sum % st->tablesize;
+	if (k == st->blength) {
+		int32_t key = find_key(st, sum), i;
+		int32_t *link;
 
-	if (st->head[h] < 0)
-		return 0;
-	return collect(st, h, sum, k, offset);
+		if (key < 0)
+			return 0;
+		link = &st->head[key];
+		while ((i = *link) >= 0 && overwritten(st, i, offset))
+			*link = st->next[i];
+		st->group = key;
+		return i >= 0;
+	}
+	if (st->chained < st->count && k == st->lastlen && sum == st->sum1[st->count - 1]
+	    && !overwritten(st, st->count - 1, offset)) {
+		st->group = -1;
+		return 1;
+	}
+	return 0;
 }
 
-/* Rolls the window on from the current offset (first by one byte if roll is
- * set) and returns RD_CANDIDATES at the first offset with candidate blocks,
- * RD_FLUSH at the first offset flush bytes past last_match, or RD_END. */
+/* Rolls the window on from the current offset and returns RD_CANDIDATES at
+ * the first offset with candidate blocks, RD_FLUSH at the first offset
+ * flush bytes past last_match, or RD_END. roll is set when the current
+ * offset had candidates but no match: the window then moves by one byte,
+ * or by a whole block once false alarms have gone on for long enough. */
 RD_API int rd_scan(struct rd_search *st, int roll)
 {
 	const signed char *b = st->buf;
@@ -296,8 +349,18 @@ RD_API int rd_scan(struct rd_search *st, int roll)
 	int32_t k = st->window;
 	int event = RD_END;
 
-	if (roll && off < end)
-		goto roll_one;
+	if (roll && off < end) {
+		if (st->streak <= st->max_streak)
+			goto roll_one;
+		st->jumps++;
+		off += st->blength;
+		if (off < end) {
+			set_window(st, off);
+			s1 = st->s1;
+			s2 = st->s2;
+			k = st->window;
+		}
+	}
 	while (off < end) {
 		int64_t stop;
 
@@ -312,7 +375,7 @@ RD_API int rd_scan(struct rd_search *st, int roll)
 		for (; off < stop; off++) {
 			int32_t out;
 			if (RD_UNLIKELY(seen(bitmap, seen_index(pack_sum(s1, s2), shift)))
-			    && lookup(st, s1, s2, k, off)) {
+			    && lookup(st, pack_sum(s1, s2), k, off)) {
 				event = RD_CANDIDATES;
 				goto done;
 			}
@@ -322,7 +385,8 @@ RD_API int rd_scan(struct rd_search *st, int roll)
 		}
 		if (off >= end || off >= flush_at)
 			continue;
-		if (seen(bitmap, seen_index(pack_sum(s1, s2), shift)) && lookup(st, s1, s2, k, off)) {
+		if (seen(bitmap, seen_index(pack_sum(s1, s2), shift))
+		    && lookup(st, pack_sum(s1, s2), k, off)) {
 			event = RD_CANDIDATES;
 			break;
 		}
@@ -348,19 +412,69 @@ done:
 	return event;
 }
 
-/* The first candidate, in chain order, whose strong sum starts with the
- * s2length bytes of digest, or -1. */
+/* Compares digest, the strong sum of the window at offset, with the blocks
+ * found there, in chain order, and returns the first that has it, or -1.
+ * Every block compared before the one being looked at differed from
+ * digest; when the last of them has the same strong sum, so does this one,
+ * which is dropped from the chain for good without counting toward
+ * max_chain_len. With inplace, a block matched at its own offset is kept
+ * unless that last one was too. */
 RD_API int32_t rd_first_match(struct rd_search *st, const void *digest)
 {
-	int32_t j;
+	const size_t n = (size_t)st->s2length;
+	const int64_t offset = st->offset;
+	int32_t compared = 0, found = -1;
 
-	for (j = 0; j < st->ncand; j++) {
-		int32_t i = st->cand[j];
+	if (st->group < 0) {
+		int32_t i = st->count - 1;
+
+		compared = 1;
 		st->comparisons++;
-		if (memcmp(st->sum2 + (size_t)i * st->s2length, digest, st->s2length) == 0)
-			return i;
-		st->false_alarms++;
+		if (memcmp(st->sum2 + (size_t)i * n, digest, n) == 0)
+			found = i;
+		else
+			st->false_alarms++;
+	} else {
+		int32_t *link = &st->head[st->group];
+		int32_t i, last = -1;
+
+		while ((i = *link) >= 0) {
+			const unsigned char *strong = st->sum2 + (size_t)i * n;
+
+			if (overwritten(st, i, offset)) {
+				*link = st->next[i];
+				continue;
+			}
+			if (last >= 0 && memcmp(strong, st->sum2 + (size_t)last * n, n) == 0
+			    && !(st->inplace && st->same_offset[i] && !st->same_offset[last])) {
+				*link = st->next[i];
+				st->pruned++;
+				continue;
+			}
+			if (compared == st->max_chain_len) {
+				st->capped++;
+				break;
+			}
+			compared++;
+			st->comparisons++;
+			if (memcmp(strong, digest, n) == 0) {
+				found = i;
+				break;
+			}
+			st->false_alarms++;
+			last = i;
+			link = &st->next[i];
+		}
 	}
+	if (compared > st->max_chain)
+		st->max_chain = compared;
+	if (found >= 0) {
+		st->streak = 0;
+		st->streak_next = -1;
+		return found;
+	}
+	st->streak = offset == st->streak_next ? st->streak + 1 : 1;
+	st->streak_next = offset + (st->streak > st->max_streak ? st->blength : 1);
 	return -1;
 }
 
