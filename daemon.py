@@ -1,15 +1,22 @@
-"""gokr-rsyncd: an rsync server that stock rsync clients pull from.
+"""gokr-rsyncd: an rsync server that stock rsync clients pull from and push to.
 
-It speaks the rsync daemon protocol on TCP (`--daemon`), and serves as the
-far end of a remote shell (`--server ...`, what `rsync --rsync-path` runs):
-either one transfer (`--server --sender ... . PATH`) or the daemon protocol
-over the pipe (`--server --daemon .`). Modules are read-only.
+It speaks the rsync daemon protocol on TCP (`--daemon`), over SSH channels
+of its own listener (`--gokr.anonssh_listen`), on a socket handed to it
+(systemd, inetd, RSYNC_CONNECT_PROG), and as the far end of a remote shell
+(`--server ...`, what `rsync --rsync-path` runs): either one transfer
+(`--server [--sender] ... . PATH`) or the daemon protocol over the pipe
+(`--server --daemon .`). Modules are read-only unless configured writable.
 
 The daemon protocol (clientserver.c): both sides greet with
-`@RSYNCD: <version>.<sub> <auth digests>`; the client names a module (or
-`#list`); the server answers `@RSYNCD: OK` or `@ERROR: ...`; the client sends
-the server's argv (NUL-terminated words from protocol 30, lines before), and
-the session goes on as after a remote shell's version exchange.
+`@RSYNCD: <version>.<sub> <auth digests>`; the server sends its motd; the
+client names a module (or `#list`); the server may challenge it
+(`@RSYNCD: AUTHREQD <challenge>`), then answers `@RSYNCD: OK` or
+`@ERROR: ...`; the client sends the server's argv (NUL-terminated words
+from protocol 30, lines before), and the session goes on as after a remote
+shell's version exchange.
+
+Configuration comes from TOML (`--gokr.config`, `--gokr.modulemap`) or from
+a stock rsyncd.conf (`--config`), so gokr-rsyncd can stand in for rsyncd.
 """
 
 import ipaddress
@@ -25,6 +32,7 @@ import rsync
 import rsync_jail
 
 DEFAULT_CONFIG = os.path.expanduser("~/.config/gokr-rsyncd.toml")
+DEFAULT_HOSTKEY = os.path.expanduser("~/.config/gokr-rsyncd/ssh_host_ed25519_key")
 AUTH_DIGESTS = "sha512 sha256 sha1 md5 md4"
 HANDSHAKE_TIMEOUT = 60.0
 
@@ -34,7 +42,7 @@ class ConfigError(Exception):
 
 
 class Module:
-    """A named directory tree the daemon serves."""
+    """A named directory tree the daemon serves, with its access rules."""
 
     def __init__(self, name, path, comment="", acl=(), listed=True, writable=False):
         if not name or "/" in name or name.startswith("#") or any(c.isspace() for c in name):
@@ -45,19 +53,33 @@ class Module:
         self.acl = [parse_acl(a) for a in acl]
         self.listed = listed
         self.writable = writable
+        self.write_only = False
         self.timeout = 0
         self.max_connections = 0
         self.active = 0
+        self.conf = None
+        self.auth_users = []
+        self.secrets_file = None
+        self.strict_modes = True
+        self.refuse_options = []
+        self.filters = None
+        self.numeric_ids = False
+        self.ignore_errors = False
 
-    def check_access(self, addr):
-        """The first acl entry matching the address decides; none allows."""
+    def check_access(self, addr, hostname=None):
+        """TOML acl (first matching entry decides, none allows), then
+        rsyncd.conf's hosts allow / hosts deny."""
         try:
             ip = ipaddress.ip_address(addr.split("%")[0]) if addr else None
         except ValueError:
             ip = None
         for action, net in self.acl:
             if net is None or (ip is not None and _in_net(ip, net)):
-                return action == "allow"
+                if action != "allow":
+                    return False
+                break
+        if self.conf is not None:
+            return self.conf.allows_host(addr, hostname)
         return True
 
 
@@ -84,6 +106,16 @@ def parse_acl(text):
         raise ConfigError("invalid acl %r (syntax: allow|deny <all|ipnet>)" % text) from None
 
 
+class Listener:
+    """Where to listen: kind "rsyncd" (TCP), "anonssh" (any SSH client) or
+    "authorized_ssh" (only keys in `authorized_keys`)."""
+
+    def __init__(self, kind, address, authorized_keys=None):
+        self.kind = kind
+        self.address = address
+        self.authorized_keys = authorized_keys
+
+
 class Config:
     def __init__(self):
         self.listeners = []
@@ -92,10 +124,17 @@ class Config:
         self.max_connections = 0
         self.active = 0
         self.lock = threading.Lock()
+        self.user = None
+        self.group = None
+        self.motd = ""
+        self.pid_file = None
+        self.log_file = None
+        self.hostkey = None
+        self.reverse_lookup = False
 
     def admit(self, module):
         """max connections: one more client, globally and for the module, or
-        None with the limit that refused it."""
+        the limit that refuses it."""
         with self.lock:
             if self.max_connections and self.active >= self.max_connections:
                 return self.max_connections
@@ -117,18 +156,29 @@ class Config:
 
 
 def load_toml(path, cfg=None):
-    """`[[listener]] rsyncd = "host:port"` and `[[module]] name/path/comment/acl`."""
+    """`[daemon]`, `[[listener]] rsyncd = "host:port"` (or `anonssh`, or
+    `authorized_ssh = {address, authorized_keys}`) and `[[module]]`."""
     cfg = cfg or Config()
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError("%s: %s" % (path, e)) from None
+    except OSError as e:
+        raise ConfigError("%s: %s" % (path, e.strerror)) from None
     for lst in data.get("listener", []):
-        if "rsyncd" in lst:
-            cfg.listeners.append(lst["rsyncd"])
+        if not isinstance(lst, dict) or len(lst) != 1:
+            raise ConfigError("%s: a listener has exactly one of rsyncd, anonssh, authorized_ssh: %r"
+                              % (path, lst))
+        (kind, value), = lst.items()
+        if kind in ("rsyncd", "anonssh") and isinstance(value, str):
+            cfg.listeners.append(Listener(kind, value))
+        elif kind == "authorized_ssh" and isinstance(value, dict) and \
+                set(value) == {"address", "authorized_keys"}:
+            cfg.listeners.append(Listener(kind, value["address"], value["authorized_keys"]))
         else:
-            raise ConfigError("%s: listener without a supported type (rsyncd): %r" % (path, lst))
+            raise ConfigError("%s: unsupported listener %r (rsyncd = \"host:port\", anonssh = "
+                              "\"host:port\", authorized_ssh = {address, authorized_keys})" % (path, lst))
     for m in data.get("module", []):
         unknown = set(m) - {"name", "path", "comment", "acl", "list", "writable", "max_connections",
                             "timeout"}
@@ -143,14 +193,73 @@ def load_toml(path, cfg=None):
         mod.timeout = int(m.get("timeout", 0))
         cfg.add_module(mod)
     daemon = data.get("daemon", {})
-    unknown = set(daemon) - {"handshake_timeout", "max_connections", "user"}
+    unknown = set(daemon) - {"handshake_timeout", "max_connections", "user", "hostkey"}
     if unknown:
         raise ConfigError("%s: [daemon]: unsupported key(s) %s" % (path, ", ".join(sorted(unknown))))
     if "handshake_timeout" in daemon:
         cfg.handshake_timeout = float(daemon["handshake_timeout"])
     cfg.max_connections = int(daemon.get("max_connections", 0))
     cfg.user = daemon.get("user")
+    cfg.hostkey = daemon.get("hostkey")
     return cfg
+
+
+def load_rsyncd_conf(path):
+    """A stock rsyncd.conf, for gokr-rsyncd to stand in for rsyncd."""
+    import rsync_conf
+    import rsync_filter
+    try:
+        conf = rsync_conf.load_rsyncd_conf(path)
+    except rsync_conf.ConfigError as e:
+        raise ConfigError(str(e)) from None
+    except OSError as e:
+        raise ConfigError("%s: %s" % (path, e.strerror)) from None
+    cfg = Config()
+    g = conf.globals
+    cfg.pid_file = g.pid_file
+    cfg.log_file = g.log_file
+    cfg.reverse_lookup = g.reverse_lookup
+    if g.motd_file:
+        try:
+            with open(g.motd_file, "r", errors="replace") as f:
+                cfg.motd = f.read()
+        except OSError:
+            cfg.motd = ""
+    uids = {m.uid for m in conf.modules} | {g.uid}
+    gids = {m.gid for m in conf.modules} | {g.gid}
+    if len(uids - {None}) > 1 or len(gids - {None}) > 1:
+        raise ConfigError("%s: modules with different uid/gid are not supported (gokr-rsyncd "
+                          "serves every module as one user); set uid and gid globally" % path)
+    cfg.user = next(iter(uids - {None}), None)
+    cfg.group = next(iter(gids - {None}), None)
+    for m in conf.modules:
+        if m.munge_symlinks:
+            raise ConfigError("%s:%d: munge symlinks = yes is not supported (gokr-rsyncd never "
+                              "follows a symlink, so it stores them unchanged)" % (path, m.lineno))
+        mod = Module(m.name, m.path, m.comment, (), m.list, not m.read_only)
+        mod.conf = m
+        mod.write_only = m.write_only
+        mod.timeout = m.timeout
+        mod.max_connections = m.max_connections
+        mod.auth_users = list(m.auth_users)
+        mod.secrets_file = m.secrets_file
+        mod.strict_modes = m.strict_modes
+        mod.refuse_options = list(m.refuse_options)
+        mod.numeric_ids = m.numeric_ids_for(True)
+        mod.ignore_errors = m.ignore_errors
+        if m.filter_rules:
+            fl = rsync_filter.FilterList()
+            for kind, text in m.filter_rules:
+                if kind.endswith(" from"):
+                    try:
+                        with open(text, "rb") as f:
+                            text = f.read()
+                    except OSError as e:
+                        raise ConfigError("%s:%d: %s %s: %s" % (path, m.lineno, kind, text, e.strerror)) from None
+                fl.add_daemon_rules(text, kind=kind)
+            mod.filters = fl
+        cfg.add_module(mod)
+    return cfg, conf
 
 
 def parse_hostport(text, default_port=873):
@@ -162,7 +271,10 @@ def parse_hostport(text, default_port=873):
         host, sep, port = text.rpartition(":")
         if not sep:
             host, port = text, ""
-    return host, int(port) if port else default_port
+    try:
+        return host, int(port) if port else default_port
+    except ValueError:
+        raise ConfigError("invalid listen address %r (want HOST:PORT)" % text) from None
 
 
 class Logger:
@@ -185,14 +297,49 @@ def _read_greeting(raw):
     text = line.decode("ascii", "replace")
     if not text.startswith("@RSYNCD: "):
         raise rsync.RsyncError("protocol startup error: %r" % text[:80], rsync.RERR_STARTCLIENT)
-    word = text[9:].split(" ", 1)[0]
-    version, _, sub = word.partition(".")
+    words = text[9:].split(" ")
+    version, _, sub = words[0].partition(".")
     try:
         version = int(version)
         sub = int(sub) if sub else -1
     except ValueError:
         raise rsync.RsyncError("protocol startup error: %r" % text[:80], rsync.RERR_STARTCLIENT) from None
-    return version, sub, text
+    return version, sub, text, words[1:]
+
+
+def _hostname(cfg, module, addr):
+    """The client's host name, when a hosts rule needs one and reverse
+    lookups are on (as rsyncd does); else None."""
+    conf = module.conf
+    if conf is None or not conf.reverse_lookup or not addr:
+        return None
+    try:
+        return socket.gethostbyaddr(addr)[0]
+    except OSError:
+        return None
+
+
+def _authenticate(say, raw, module, digests, protocol, addr, host, log):
+    """rsync's auth_server: challenge, check the response against the
+    secrets file. Returns the access the user gets ("ro", "rw" or ""), or
+    None after answering @ERROR."""
+    import rsync_conf
+    digest = rsync_conf.pick_auth_digest(digests or None, protocol)
+    challenge = rsync_conf.auth_challenge(addr, digest if digest != "md4_old" else "md4")
+    say("@RSYNCD: AUTHREQD %s\n" % challenge)
+    line = raw.read_line(1024).rstrip(b"\r").decode("utf-8", "replace")
+    try:
+        if not module.secrets_file:
+            raise rsync_conf.AuthError("no secrets file configured")
+        secrets = rsync_conf.read_secrets(module.secrets_file, module.strict_modes)
+        user, access = rsync_conf.check_auth(line, challenge, module.auth_users, secrets, digest,
+                                             module=module.name, host=host, addr=addr)
+    except (rsync_conf.AuthError, rsync_conf.SecretsError, OSError) as e:
+        log("auth failed on module %s from %s: %s" % (module.name, host, e))
+        say("@ERROR: auth failed on module %s\n" % module.name)
+        return None
+    log("auth ok on module %s from %s for %s" % (module.name, host, user))
+    return access
 
 
 def serve_connection(transport, cfg, peer, log):
@@ -208,11 +355,14 @@ def serve_connection(transport, cfg, peer, log):
     transport.deadline = start + cfg.handshake_timeout
     try:
         say("@RSYNCD: %d.0 %s\n" % (rsync.PROTOCOL_VERSION, AUTH_DIGESTS))
-        version, sub, greeting = _read_greeting(raw)
+        if cfg.motd:
+            say(cfg.motd if cfg.motd.endswith("\n") else cfg.motd + "\n")
+            say("\n")
+        version, sub, greeting, digests = _read_greeting(raw)
         if sub < 0 and version >= 30:
             say("@ERROR: your client omitted the subprotocol value: %s\n" % greeting)
             return rsync.RERR_STARTCLIENT
-        if version > 31 and len(greeting.split(" ")) < 3:
+        if version > 31 and not digests:
             say("@ERROR: your client omitted the digest name list: %s\n" % greeting)
             return rsync.RERR_STARTCLIENT
         protocol = min(rsync.PROTOCOL_VERSION, version)
@@ -226,7 +376,7 @@ def serve_connection(transport, cfg, peer, log):
         if line in ("", "#list"):
             log("module-list request from %s" % host)
             for m in cfg.modules.values():
-                if m.listed:
+                if m.listed and (m.conf is None or m.check_access(peer, _hostname(cfg, m, peer))):
                     say("%-15s\t%s\n" % (m.name, m.comment))
             say("@RSYNCD: EXIT\n")
             return 0
@@ -238,9 +388,10 @@ def serve_connection(transport, cfg, peer, log):
             log("unknown module '%s' tried from %s" % (line[:200], host))
             say("@ERROR: Unknown module '%s'\n" % line[:200])
             return rsync.RERR_STARTCLIENT
-        if not module.check_access(peer):
+        hostname = _hostname(cfg, module, peer)
+        if not module.check_access(peer, hostname):
             log("rsync denied on module %s from %s" % (module.name, host))
-            say("@ERROR: access denied to %s from %s (%s)\n" % (module.name, host, host))
+            say("@ERROR: access denied to %s from %s (%s)\n" % (module.name, hostname or host, host))
             return rsync.RERR_STARTCLIENT
         if module.timeout and module.timeout < cfg.handshake_timeout:
             transport.deadline = start + module.timeout
@@ -250,17 +401,34 @@ def serve_connection(transport, cfg, peer, log):
             say("@ERROR: max connections (%d) reached -- try again later\n" % limit)
             return rsync.RERR_STARTCLIENT
         admitted = module
+        writable = module.writable
+        if module.auth_users:
+            access = _authenticate(say, raw, module, digests, protocol, peer, host, log)
+            if access is None:
+                return rsync.RERR_STARTCLIENT
+            if access == "ro":
+                writable = False
+            elif access == "rw":
+                writable = True
         say("@RSYNCD: OK\n")
         argv = _read_args(raw, protocol)
         argv = _module_args(argv, module.name)
         transport.deadline = None
-        log("rsync on %s from %s: %s" % (module.name, host, " ".join(argv)))
+        refusal = None
+        if module.refuse_options:
+            import rsync_conf
+            refusal = rsync_conf.refused_option(module.refuse_options, argv)
+        if module.write_only and "--sender" in argv:
+            refusal = "ERROR: module is write only"
+        log("rsync %s %s from %s: %s" % ("on" if "--sender" in argv else "to", module.name, host,
+                                        " ".join(argv)))
         if hasattr(transport, "set_timeout"):
             transport.set_timeout(module.timeout or None)
         code = rsync.run_server(transport, argv, module.path, confined=True,
                                 remote_protocol=protocol, log=log, raw=raw,
-                                io_timeout=module.timeout, am_daemon=True,
-                                root_shown="", writable=module.writable)
+                                io_timeout=module.timeout, am_daemon=True, writable=writable,
+                                daemon_filters=module.filters, refusal=refusal,
+                                numeric_ids=module.numeric_ids, ignore_errors=module.ignore_errors)
         log("finished %s from %s: exit code %d" % (module.name, host, code))
         return code
     except rsync.ConnectionClosed:
@@ -345,76 +513,113 @@ class DaemonServer(socketserver.ThreadingTCPServer):
 
 
 USAGE = """usage: gokr-rsyncd --daemon [--gokr.listen=HOST:PORT] [--gokr.modulemap=NAME=PATH]...
-                    [--gokr.config=FILE] [--gokr.user=USER]
+                    [--gokr.config=FILE] [--gokr.user=USER] [--gokr.anonssh_listen=HOST:PORT]
+                    [--gokr.hostkey=FILE] [--gokr.handshake_timeout=SECONDS]
+       gokr-rsyncd --daemon --config=RSYNCD.CONF [--no-detach] [--port=N] [--address=A]
+                    [--log-file=FILE]                     (standing in for rsync --daemon)
+       gokr-rsyncd --server [--sender] OPTIONS . PATH...   (run by rsync over a remote shell)
+       gokr-rsyncd --server --daemon [--gokr.config=FILE | --config=FILE] .
 
 Started as root on Linux, the daemon serves from a private mount namespace
 that holds only its modules (read-only unless writable) and runs as USER
 (default nobody). Without root it refuses modules it could write to unless
 they are writable (--gokr.insecure_writable_modules turns that check off).
-       gokr-rsyncd --server [--sender] OPTIONS . PATH...   (run by rsync over a remote shell)
-       gokr-rsyncd --server --daemon [--gokr.config=FILE] .
+With a socket on standard input it serves that one connection (inetd); with
+LISTEN_FDS it serves the sockets systemd passes.
 """
+
+# Our options: name -> (key, takes a value)
+OPTIONS = {
+    "--gokr.listen": ("listen", True), "--gokr.modulemap": ("modulemap", True),
+    "--modulemap": ("modulemap", True), "--gokr.config": ("toml", True),
+    "--gokr.user": ("user", True), "--gokr.handshake_timeout": ("handshake_timeout", True),
+    "--gokr.anonssh_listen": ("anonssh", True), "--gokr.hostkey": ("hostkey", True),
+    "--gokr.insecure_writable_modules": ("insecure", False),
+    "--config": ("conf", True), "--port": ("port", True), "--address": ("address", True),
+    "--log-file": ("log_file", True), "--no-detach": ("no_detach", False),
+    "--detach": ("detach", False),
+}
 
 
 def parse_args(argv):
-    """Our own options (those starting with --gokr. plus --daemon); the
-    rest is the server argv of a remote-shell session."""
-    opts = {"daemon": False, "server": False, "listen": [], "modulemap": [], "config": None,
-            "rest": [], "user": None, "insecure": False}
+    """With --daemon, our own options and rsync daemon's; otherwise (the
+    --server of a remote shell) the argv is rsync's server argv."""
+    opts = {"daemon": False, "server": False, "listen": [], "modulemap": [], "anonssh": [],
+            "toml": None, "conf": None, "rest": [], "user": None, "insecure": False}
+    if "--daemon" not in argv and "--server" in argv:
+        opts["server"] = True
+        opts["rest"] = list(argv)
+        return opts
     i = 0
     while i < len(argv):
         a = argv[i]
         i += 1
         name, eq, value = a.partition("=")
-        if name == "--gokr.insecure_writable_modules":
-            opts["insecure"] = True
-            continue
-        if name in ("--gokr.listen", "--gokr.modulemap", "--modulemap", "--gokr.config", "--gokr.user",
-                    "--gokr.handshake_timeout"):
+        if name in OPTIONS:
+            key, wants = OPTIONS[name]
+            if not wants:
+                opts[key] = True
+                continue
             if not eq:
                 if i >= len(argv):
                     raise ConfigError("%s needs a value" % name)
                 value = argv[i]
                 i += 1
-            key = name.split(".")[-1].lstrip("-")
-            if key in ("config", "user", "handshake_timeout"):
-                opts[key] = value
-            else:
+            if isinstance(opts.get(key), list):
                 opts[key].append(value)
+            else:
+                opts[key] = value
             continue
         if a == "--daemon":
             opts["daemon"] = True
-            opts["rest"].append(a)
-            continue
-        if a == "--server":
+        elif a == "--server":
             opts["server"] = True
-        if a in ("-h", "--help"):
+        elif a in ("-h", "--help"):
             opts["help"] = True
-            continue
-        opts["rest"].append(a)
+        elif a == ".":
+            pass
+        else:
+            raise ConfigError("%s: unknown option (see --help)" % a)
     return opts
 
 
 def build_config(opts):
-    cfg = Config()
-    path = opts["config"]
-    if path is None and not opts["modulemap"] and os.path.exists(DEFAULT_CONFIG):
-        path = DEFAULT_CONFIG
-    if path:
-        load_toml(path, cfg)
-    for mm in opts["modulemap"]:
-        name, eq, p = mm.partition("=")
-        if not eq:
-            raise ConfigError("--gokr.modulemap wants NAME=PATH, got %r" % mm)
-        cfg.add_module(Module(name, p))
-    cfg.listeners.extend(opts["listen"])
+    """The Config from rsyncd.conf (--config), or from TOML and modulemaps."""
+    if opts["conf"]:
+        if opts["toml"] or opts["modulemap"]:
+            raise ConfigError("--config (rsyncd.conf) and --gokr.config/--gokr.modulemap exclude each other")
+        cfg, conf = load_rsyncd_conf(opts["conf"])
+        g = conf.globals
+        port = opts.get("port") or g.port or 873
+        address = opts.get("address") or g.address or ""
+        cfg.listeners.append(Listener("rsyncd", "%s:%s" % (
+            "[%s]" % address if ":" in address else address, port)))
+        if opts.get("log_file"):
+            cfg.log_file = opts["log_file"]
+    else:
+        cfg = Config()
+        path = opts["toml"]
+        if path is None and not opts["modulemap"] and os.path.exists(DEFAULT_CONFIG):
+            path = DEFAULT_CONFIG
+        if path:
+            load_toml(path, cfg)
+        for mm in opts["modulemap"]:
+            name, eq, p = mm.partition("=")
+            if not eq:
+                raise ConfigError("--gokr.modulemap wants NAME=PATH, got %r" % mm)
+            cfg.add_module(Module(name, p))
+        cfg.listeners.extend(Listener("rsyncd", a) for a in opts["listen"])
+        cfg.log_file = opts.get("log_file")
+    cfg.listeners.extend(Listener("anonssh", a) for a in opts["anonssh"])
+    if opts.get("hostkey"):
+        cfg.hostkey = opts["hostkey"]
     if opts.get("handshake_timeout"):
         try:
             cfg.handshake_timeout = float(opts["handshake_timeout"])
         except ValueError:
             raise ConfigError("--gokr.handshake_timeout wants seconds, got %r" % opts["handshake_timeout"]) from None
-    if not opts.get("user") and getattr(cfg, "user", None):
-        opts["user"] = cfg.user
+    if opts.get("user"):
+        cfg.user = opts["user"]
     for m in cfg.modules.values():
         if not os.path.isdir(m.path):
             raise ConfigError("module %s: path %s is not a directory" % (m.name, m.path))
@@ -444,7 +649,7 @@ def _prepare_for_chroot():
     __import__("encodings.idna")
     import rsync_delta
     rsync_delta.checksum1(b"x")
-    for name in ("rsync_compress", "rsync_conf", "rsync_md4", "rsync_sshd"):
+    for name in ("rsync_compress", "rsync_conf", "rsync_md4", "rsync_sshd", "paramiko"):
         try:
             __import__(name)
         except ImportError:
@@ -458,8 +663,10 @@ def confine(cfg, opts, log=lambda msg: None):
     """The jail (root on Linux), or refusing writable modules (not root)."""
     mods = list(cfg.modules.values())
     if rsync_jail.can_jail():
-        user = opts.get("user") or "nobody"
+        user = cfg.user or "nobody"
         uid, gid = rsync_jail.lookup_user(user)
+        if cfg.group:
+            gid = rsync_jail.lookup_group(cfg.group)
         inside = rsync_jail.enter([(m.name, m.path, m.writable) for m in mods], prepare=_prepare_for_chroot)
         for m in mods:
             m.path = inside[m.name]
@@ -494,6 +701,42 @@ def serve_inetd(cfg):
         transport.close()
 
 
+def _ssh_listeners(cfg, log):
+    """SSH listeners serving the daemon protocol on their channels."""
+    if not any(lst.kind in ("anonssh", "authorized_ssh") for lst in cfg.listeners):
+        return []
+    import rsync_sshd
+    key = rsync_sshd.load_or_create_host_key(cfg.hostkey or DEFAULT_HOSTKEY)
+    out = []
+    for lst in cfg.listeners:
+        if lst.kind not in ("anonssh", "authorized_ssh"):
+            continue
+        host, port = parse_hostport(lst.address, 22873)
+        out.append(rsync_sshd.SSHListener(
+            (host or "0.0.0.0", port), key,
+            lambda transport, peer, argv: serve_connection(transport, cfg, peer, log),
+            authorized_keys=lst.authorized_keys, log=log,
+            handshake_timeout=cfg.handshake_timeout))
+    return out
+
+
+def detach(pid_file):
+    """rsync --daemon without --no-detach: a background process in its own
+    session, writing its pid file."""
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    if pid_file:
+        fd = os.open(pid_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.write(fd, b"%d\n" % os.getpid())
+        os.close(fd)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     log = Logger()
@@ -502,17 +745,18 @@ def main(argv=None):
         if opts.get("help") or not (opts["daemon"] or opts["server"]):
             sys.stdout.write(USAGE)
             return 0 if opts.get("help") else rsync.RERR_SYNTAX
-        if opts["server"]:
-            log = lambda msg: None  # noqa: E731 - stderr reaches the client's terminal
-            transport = rsync.PipeTransport(sys.stdin.fileno(), sys.stdout.fileno())
-            if opts["daemon"]:
-                cfg = build_config(opts)
-                return serve_connection(transport, cfg, os.environ.get("SSH_CLIENT", "").split(" ")[0],
-                                        log)
-            return rsync.run_server(transport, opts["rest"], ".", confined=False, log=log)
+        if opts["server"] and not opts["daemon"]:
+            return rsync.run_server(rsync.PipeTransport(sys.stdin.fileno(), sys.stdout.fileno()),
+                                    opts["rest"], ".", confined=False, log=lambda msg: None)
         cfg = build_config(opts)
+        if opts["server"]:
+            transport = rsync.PipeTransport(sys.stdin.fileno(), sys.stdout.fileno())
+            peer = os.environ.get("SSH_CLIENT", "").split(" ")[0]
+            return serve_connection(transport, cfg, peer, lambda msg: None)
         if not cfg.modules:
             raise ConfigError("no modules configured (use --gokr.modulemap=NAME=PATH or a config file)")
+        if cfg.log_file:
+            log = Logger(open(cfg.log_file, "a"))
         if _stdin_is_socket():
             devnull = os.open(os.devnull, os.O_RDWR)
             os.dup2(devnull, 1)
@@ -521,17 +765,32 @@ def main(argv=None):
             return serve_inetd(cfg)
         servers = [DaemonServer(None, cfg, log, sock=s) for s in activation_sockets()]
         if not servers:
-            for spec in cfg.listeners or ["localhost:873"]:
-                host, port = parse_hostport(spec)
-                servers.append(DaemonServer((host or "0.0.0.0", port), cfg, log))
+            for lst in cfg.listeners or [Listener("rsyncd", "localhost:873")]:
+                if lst.kind == "rsyncd":
+                    host, port = parse_hostport(lst.address)
+                    servers.append(DaemonServer((host or "0.0.0.0", port), cfg, log))
+            if not servers and not any(lst.kind != "rsyncd" for lst in cfg.listeners):
+                servers.append(DaemonServer(("localhost", 873), cfg, log))
+        sshs = _ssh_listeners(cfg, log)
+        if opts["conf"] and not opts.get("no_detach"):
+            detach(cfg.pid_file)
+        elif cfg.pid_file:
+            with open(cfg.pid_file, "w") as f:
+                f.write("%d\n" % os.getpid())
         confine(cfg, opts, log)
         for srv in servers:
             log("gokr-rsyncd %s listening on %s:%d, modules: %s" % (
                 rsync.VERSION, srv.server_address[0], srv.server_address[1], ", ".join(cfg.modules)))
-        for srv in servers[1:]:
-            threading.Thread(target=srv.serve_forever, daemon=True).start()
+            if opts["conf"]:
+                log("rsyncd version %s starting, listening on port %d" % (rsync.VERSION, srv.server_address[1]))
+        for ssh in sshs:
+            log("gokr-rsyncd %s serving SSH on %s:%d" % (rsync.VERSION, ssh.server_address[0],
+                                                         ssh.server_address[1]))
+        runners = [srv.serve_forever for srv in servers] + [s.serve_forever for s in sshs]
+        for run in runners[1:]:
+            threading.Thread(target=run, daemon=True).start()
         try:
-            servers[0].serve_forever()
+            runners[0]()
         except KeyboardInterrupt:
             pass
         return 0
@@ -541,6 +800,11 @@ def main(argv=None):
     except OSError as e:
         sys.stderr.write("gokr-rsyncd: %s\n" % e)
         return rsync.RERR_SOCKETIO
+    except Exception as e:
+        if type(e).__name__ == "SSHSetupError":
+            sys.stderr.write("gokr-rsyncd: %s\n" % e)
+            return rsync.RERR_SYNTAX
+        raise
 
 
 if __name__ == "__main__":

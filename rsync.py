@@ -1144,17 +1144,18 @@ class FlistEncoder:
         elif p < 28:
             self.rdev = (0, 0)
         first = bool(self.lastname)
+        names = not opts.numeric_ids and not getattr(opts, "daemon_numeric_ids", False)
         if not opts.owner or (e.uid == self.uid and first):
             xflags |= XMIT_SAME_UID
         else:
             self.uid = e.uid
-            if not opts.numeric_ids and e.uid not in self.users:
+            if names and e.uid not in self.users:
                 self.users[e.uid] = e.user
         if not opts.group or (e.gid == self.gid and first):
             xflags |= XMIT_SAME_GID
         else:
             self.gid = e.gid
-            if not opts.numeric_ids and e.gid not in self.groups:
+            if names and e.gid not in self.groups:
                 self.groups[e.gid] = e.group
         if e.mtime == self.modtime:
             xflags |= XMIT_SAME_TIME
@@ -1281,7 +1282,7 @@ class FlistEncoder:
                     o.write(name)
             o.varint30(0)
             if id0_names:
-                name = lookup(0) or b""
+                name = (lookup(0) or b"") if not getattr(opts, "daemon_numeric_ids", False) else b""
                 o.byte(len(name))
                 o.write(name)
 
@@ -2201,7 +2202,7 @@ class FileListBuilder:
     tree is still listed."""
 
     def __init__(self, opts, protocol, rootfd, confined, filters=None, warn=None,
-                 file_checksum=None, root_shown=""):
+                 file_checksum=None, root_shown="", daemon_filters=None):
         self.opts = opts
         self.protocol = protocol
         self.rootfd = rootfd
@@ -2210,6 +2211,7 @@ class FileListBuilder:
         self.warn = warn or (lambda tag, text: None)
         self.file_checksum = file_checksum
         self.root_shown = root_shown
+        self.daemon_filters = daemon_filters
         self.entries = []
         self.bases = []
         self.io_error = 0
@@ -2218,7 +2220,17 @@ class FileListBuilder:
         self.filesystem_dev = None
 
     def _excluded(self, name, is_dir):
+        if self.daemon_filters is not None and self._daemon_excluded(name, is_dir):
+            return True
         return self.filters is not None and self.filters.excluded(name, is_dir)
+
+    def _daemon_excluded(self, name, is_dir):
+        """The module's own rules match the path inside the module."""
+        return self.daemon_filters.excluded(self._module_path(name), is_dir)
+
+    def _module_path(self, name):
+        prefix = getattr(self, "_prefix", b"")
+        return prefix + name if prefix else name
 
     def add_arg(self, arg):
         """One argument, with rsync's trailing-slash and "." semantics."""
@@ -2248,6 +2260,7 @@ class FileListBuilder:
             return
         base = Base(fd, self._shown(head))
         self.bases.append(base)
+        self._prefix = b"/".join(split_path(head)) + b"/" if self.confined and split_path(head) else b""
         try:
             st = os.stat(fn, dir_fd=fd, follow_symlinks=dotdir or self.opts.copy_links)
         except OSError as e:
@@ -2257,6 +2270,10 @@ class FileListBuilder:
                       % (_show(self._shown(head + b"/" + fn if head else fn)), _errtext(e)))
             return
         name = fn
+        if self.daemon_filters is not None and self._arg_daemon_excluded(head, fn, st):
+            self.warn(MSG_ERROR_XFER, 'rsync: [sender] link_stat "%s" failed: No such file or directory (2)'
+                      % _show(self._shown(head + b"/" + fn if head else fn)))
+            return
         if not dotdir and self._excluded(name, stat.S_ISDIR(st.st_mode)):
             return
         if stat.S_ISDIR(st.st_mode) and not (self.opts.recurse or self.opts.dirs):
@@ -2283,6 +2300,16 @@ class FileListBuilder:
             if self.confined:
                 parts = tuple(split_path(head)) + (() if dotdir else (fn,))
             self._walk(dfd, base, b"" if name == b"." else name, parts)
+
+    def _arg_daemon_excluded(self, head, fn, st):
+        """path_is_daemon_excluded: a requested path inside an excluded
+        directory (or excluded itself) is treated as missing."""
+        parts = split_path(head) + ([fn] if fn != b"." else [])
+        for i in range(1, len(parts) + 1):
+            is_dir = i < len(parts) or stat.S_ISDIR(st.st_mode)
+            if self.daemon_filters.excluded(b"/".join(parts[:i]), is_dir):
+                return True
+        return False
 
     def _shown(self, path):
         if self.root_shown:
@@ -2761,13 +2788,15 @@ def make_filters(rules, protocol, opts):
 
 def run_server(transport, argv, root, *, confined, remote_protocol=None, log=None,
                io_timeout=0, daemon_filters=None, am_daemon=False, root_shown="", raw=None,
-               writable=True):
+               writable=True, refusal=None, numeric_ids=False, ignore_errors=False):
     """Serves one `rsync --server ...` session on `transport` and returns the
     exit code. `root` is the directory paths are relative to; with
     `remote_protocol` the version came in the daemon greeting, otherwise the
     4-byte exchange of a remote shell starts the session."""
     log = log or (lambda msg: None)
     opts, paths = parse_server_args(argv)
+    opts.daemon_numeric_ids = numeric_ids
+    opts.ignore_errors = opts.ignore_errors or ignore_errors
     sess = Session(transport, opts, am_server=True, am_sender=opts.sender, log=log, raw=raw)
     if opts.protocol and opts.protocol < PROTOCOL_VERSION:
         ours = max(opts.protocol, MIN_PROTOCOL_VERSION)
@@ -2782,6 +2811,8 @@ def run_server(transport, argv, root, *, confined, remote_protocol=None, log=Non
         sess.start_mux_out()
         if am_daemon and io_timeout and sess.protocol >= 31:
             sess.out.msg(MSG_IO_TIMEOUT, struct.pack("<i", io_timeout))
+        if refusal:
+            raise RsyncError(refusal, RERR_SYNTAX if refusal.startswith("ERROR: module") else RERR_UNSUPPORTED)
         if opts.refused:
             raise RsyncError(refusal_message(opts.refused), RERR_UNSUPPORTED)
         if not opts.sender and not writable:
@@ -2795,8 +2826,8 @@ def run_server(transport, argv, root, *, confined, remote_protocol=None, log=Non
         rules = recv_filter_rules(sess) if opts.sender or receiver_wants_list else []
         filters = make_filters(rules, sess.protocol, opts)
         if not opts.sender:
-            return serve_receiver(sess, paths, root, confined, filters, log)
-        return serve_sender(sess, paths, root, confined, filters, log, root_shown)
+            return serve_receiver(sess, paths, root, confined, filters, log, daemon_filters)
+        return serve_sender(sess, paths, root, confined, filters, log, root_shown, daemon_filters)
     except RemoteExit as e:
         return e.code
     except ConnectionClosed as e:
@@ -2833,7 +2864,7 @@ def _drain(transport, seconds=2.0):
         pass
 
 
-def serve_sender(sess, paths, root, confined, filters, log, root_shown=""):
+def serve_sender(sess, paths, root, confined, filters, log, root_shown="", daemon_filters=None):
     """do_server_sender: the file list, the files, the stats, the goodbye."""
     opts = sess.opts
     if not paths:
@@ -2856,7 +2887,7 @@ def serve_sender(sess, paths, root, confined, filters, log, root_shown=""):
         t0 = time.monotonic()
         builder = FileListBuilder(opts, sess.protocol, rootfd, confined, filters, warn,
                                   sess.checksums.file_checksum if opts.checksum else None,
-                                  root_shown)
+                                  root_shown, daemon_filters)
         try:
             for a in args:
                 builder.add_arg(a)
@@ -3293,10 +3324,21 @@ class Receiver:
         with self.expect_cond:
             self.expect.append((ndx, 0, None))
 
+    daemon_filters = None
+    daemon_prefix = b""
+
+    def _daemon_excluded(self, name, is_dir):
+        return self.daemon_filters is not None and self.daemon_filters.excluded(
+            self.daemon_prefix + name, is_dir)
+
     def _recv_generator(self, e, full_sums):
         """recv_generator: decides for one entry and acts or asks."""
         opts, sess = self.opts, self.sess
         name = self.target(e)
+        if e.name != b"." and self._daemon_excluded(e.name, e.is_dir()):
+            self.warn("ERROR: daemon refused to receive %s \"%s\"" % ("directory" if e.is_dir() else "file",
+                                                                      _show(e.name)))
+            return
         st = self.tree.lstat(name)
         if e.is_dir():
             return self._gen_dir(e, name, st)
@@ -3632,6 +3674,8 @@ class Receiver:
             except OSError:
                 continue
             if self.filters is not None and self.filters.protected(rel, stat.S_ISDIR(st.st_mode)):
+                continue
+            if self._daemon_excluded(rel, stat.S_ISDIR(st.st_mode)):
                 continue
             self._delete_entry(dfd, leaf, rel, st)
 
@@ -4077,7 +4121,7 @@ def recv_file_list(sess, check=None):
     return entries, unsorted, users, groups
 
 
-def serve_receiver(sess, paths, root, confined, filters, log):
+def serve_receiver(sess, paths, root, confined, filters, log, daemon_filters=None):
     """do_server_recv: the sender's list, then generator and receiver writing
     below the destination; errors and deletions are reported to the client."""
     opts = sess.opts
@@ -4105,6 +4149,10 @@ def serve_receiver(sess, paths, root, confined, filters, log):
             name = extra[:-1] + b"\0" if extra.endswith(b"/") else extra
             sess.out.msg(MSG_DELETED, name[:MAX_PATH])
     receiver = Receiver(sess, entries, unsorted, destfd, local_name, filters, out=out)
+    if daemon_filters is not None:
+        prefix = b"/".join(split_path(os.fsencode(dest))) + b"/" if split_path(os.fsencode(dest)) else b""
+        receiver.daemon_filters = daemon_filters
+        receiver.daemon_prefix = prefix
     receiver.map_ids(users, groups)
     try:
         receiver.run()

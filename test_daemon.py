@@ -92,7 +92,7 @@ def test_toml_config(tmp_path):
                  '[[module]]\nname = "pub"\npath = "%s"\ncomment = "public"\nacl = ["allow 10.0.0.0/8", "deny all"]\n'
                  % tmp_path)
     cfg = daemon.load_toml(str(p))
-    assert cfg.listeners == ["localhost:8730"]
+    assert [(l.kind, l.address) for l in cfg.listeners] == [("rsyncd", "localhost:8730")]
     m = cfg.modules["pub"]
     assert m.comment == "public" and m.path == str(tmp_path)
     assert m.check_access("10.1.2.3") and not m.check_access("127.0.0.1")
