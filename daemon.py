@@ -60,6 +60,7 @@ class Module:
         self.conf = None
         self.auth_users = []
         self.secrets_file = None
+        self.secrets = None
         self.strict_modes = True
         self.refuse_options = []
         self.filters = None
@@ -329,9 +330,12 @@ def _authenticate(say, raw, module, digests, protocol, addr, host, log):
     say("@RSYNCD: AUTHREQD %s\n" % challenge)
     line = raw.read_line(1024).rstrip(b"\r").decode("utf-8", "replace")
     try:
-        if not module.secrets_file:
+        if module.secrets is not None:
+            secrets = module.secrets
+        elif not module.secrets_file:
             raise rsync_conf.AuthError("no secrets file configured")
-        secrets = rsync_conf.read_secrets(module.secrets_file, module.strict_modes)
+        else:
+            secrets = rsync_conf.read_secrets(module.secrets_file, module.strict_modes)
         user, access = rsync_conf.check_auth(line, challenge, module.auth_users, secrets, digest,
                                              module=module.name, host=host, addr=addr)
     except (rsync_conf.AuthError, rsync_conf.SecretsError, OSError) as e:
@@ -663,6 +667,13 @@ def confine(cfg, opts, log=lambda msg: None):
     """The jail (root on Linux), or refusing writable modules (not root)."""
     mods = list(cfg.modules.values())
     if rsync_jail.can_jail():
+        for m in mods:
+            if m.secrets_file:
+                import rsync_conf
+                try:
+                    m.secrets = rsync_conf.read_secrets(m.secrets_file, m.strict_modes)
+                except (rsync_conf.SecretsError, OSError) as e:
+                    raise ConfigError("module %s: %s" % (m.name, e)) from None
         user = cfg.user or "nobody"
         uid, gid = rsync_jail.lookup_user(user)
         if cfg.group:
