@@ -16,11 +16,13 @@ in pure Python. IMPLEMENTATION says which ("c" or "python").
 import array
 import ctypes
 import importlib.machinery
+import mmap
 import os
+import weakref
 from itertools import accumulate
 
 __all__ = ["CHUNK_SIZE", "MAX_CHAIN_LEN", "MAX_STREAK", "FLUSH", "IMPLEMENTATION", "checksum1",
-           "block_checksum1s", "BlockTable", "MatchStats", "match"]
+           "block_checksum1s", "BlockTable", "MatchStats", "match", "SafeMap"]
 
 CHUNK_SIZE = 32 * 1024
 """rsync's unit for reading files and sending literal data."""
@@ -42,7 +44,7 @@ FLUSH = 256 * 1024
 
 _SEGMENT = 1 << 16
 _PIECE = 1 << 14
-_ABI_VERSION = 2
+_ABI_VERSION = 3
 _END, _CANDIDATES, _FLUSH = 0, 1, 2
 _JUMP = object()
 
@@ -513,6 +515,10 @@ def _declare(lib):
         ("rd_scan", ctypes.c_int, [search_p, ctypes.c_int]),
         ("rd_first_match", i32, [search_p, ctypes.c_char_p]),
         ("rd_matched", None, [search_p, i64, i32]),
+        ("rd_safemap_install", ctypes.c_int, []),
+        ("rd_safemap_register", i32, [vp, i64]),
+        ("rd_safemap_truncated", ctypes.c_int, [i32]),
+        ("rd_safemap_release", ctypes.c_int, [i32]),
     ]:
         fn = getattr(lib, name)
         fn.restype = restype
@@ -604,6 +610,91 @@ def _match_c(table, buf, length, strong, inplace=False):
             del s
             _lib.rd_free(st)
             del same_offset_c, view
+
+
+# --- mappings that survive their file shrinking ------------------------------------
+
+def _read_file(fd, size):
+    """The first size bytes of fd (from offset 0, zeros past its end), and
+    whether it ended before them."""
+    buf = bytearray(size)
+    with memoryview(buf) as view:
+        got = 0
+        while got < size:
+            n = os.preadv(fd, [view[got:]], got)
+            if not n:
+                break
+            got += n
+    return buf, got < size
+
+
+class SafeMap:
+    """A read-only mapping of `size` bytes of fd whose pages, if the file
+    shrinks underneath, read as zeros instead of raising SIGBUS.
+
+    buf is what to read. With the C library it is an mmap whose range the
+    library's SIGBUS handler knows: reading a page the file has lost maps a
+    page of zeros there instead of killing the process. Otherwise (no
+    library, its table of ranges full, another SIGBUS handler installed
+    over it, or the file already shorter than size) buf is a bytearray with
+    the file's first size bytes, read up front: that costs size bytes of
+    memory and reading the whole file before the first byte is used, and
+    later changes to the file go unseen. mapped says which it is.
+
+    truncated turns True once zeros may have stood in for lost data: a
+    page was replaced, the file is found shorter than size (bytes cut from
+    the last page it keeps read as zeros without any fault), or the read
+    came up short. The caller then reports the file as changed while being
+    read. close() unmaps; it raises BufferError while views of buf are alive.
+    """
+
+    def __init__(self, fd, size):
+        if size < 0:
+            raise ValueError(f"negative size {size}")
+        self.size = size
+        self.mapped = False
+        self._truncated = False
+        self._slot = -1
+        self._release = None
+        if size and _lib is not None and _lib.rd_safemap_install() == 0:
+            try:
+                mm = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+            except (ValueError, OSError):
+                mm = None
+            if mm is not None:
+                with _Pinned(mm) as pin:
+                    slot = _lib.rd_safemap_register(pin.address, size)
+                if slot >= 0:
+                    # The slot is freed once the mapping is gone, however it goes.
+                    self._release = weakref.finalize(mm, _lib.rd_safemap_release, slot)
+                    self._release.atexit = False
+                    self.buf, self._slot, self.mapped = mm, slot, True
+                    return
+                mm.close()
+        self.buf, self._truncated = _read_file(fd, size)
+
+    @property
+    def truncated(self):
+        if self.mapped and not self._truncated:
+            self._truncated = bool(_lib.rd_safemap_truncated(self._slot)
+                                   or self.buf.size() < self.size)
+        return self._truncated
+
+    def close(self):
+        if self.mapped:
+            shrunk = self.buf.size() < self.size
+            self.buf.close()
+            if self._release() or shrunk:
+                self._truncated = True
+            self._slot = -1
+            self.mapped = False
+        self.buf = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 # --- the public functions -------------------------------------------------------

@@ -13,8 +13,10 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import sysconfig
 import threading
 
 import pytest
@@ -668,6 +670,204 @@ def test_threads_share_the_library(clib):
     for t in threads:
         t.join()
     assert results == expected
+
+
+# --- (f) mappings of files that shrink ----------------------------------------------
+
+@pytest.fixture(params=["c", "python"])
+def safemap_impl(request, monkeypatch):
+    """SafeMap with the C library's SIGBUS handler, or reading files instead."""
+    if request.param == "c":
+        request.getfixturevalue("clib")
+    else:
+        monkeypatch.setattr(rsync_delta, "_lib", None)
+    return request.param
+
+
+PAGE = mmap.PAGESIZE
+
+
+def _shrunk(data, length):
+    return data[:length] + bytes(len(data) - length)
+
+
+def test_safemap_reads_the_file(tmp_path, safemap_impl):
+    data = random.Random(21).randbytes(300_000)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with rsync_delta.SafeMap(fd, len(data)) as sm:
+            assert sm.mapped == (safemap_impl == "c")
+            assert bytes(sm.buf) == data
+            assert not sm.truncated
+        assert sm.buf is None and not sm.truncated
+        with rsync_delta.SafeMap(fd, 1000) as sm:
+            assert bytes(sm.buf) == data[:1000]
+        with rsync_delta.SafeMap(fd, 0) as sm:
+            assert len(sm.buf) == 0 and not sm.truncated
+        with pytest.raises(ValueError):
+            rsync_delta.SafeMap(fd, -1)
+    finally:
+        os.close(fd)
+
+
+def test_safemap_survives_the_file_shrinking(tmp_path, safemap_impl):
+    data = random.Random(22).randbytes(1 << 20)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        sm = rsync_delta.SafeMap(fd, len(data))
+        cut = 100_000 + 123
+        os.truncate(path, cut)
+        digest = hashlib.sha256(sm.buf).digest()
+        if safemap_impl == "c":
+            # Pages past the new end read as zeros, and say so.
+            assert digest == hashlib.sha256(_shrunk(data, cut)).digest()
+            assert sm.truncated
+        else:
+            # The file was read before it shrank.
+            assert digest == hashlib.sha256(data).digest()
+            assert not sm.truncated
+        sm.close()
+        assert sm.truncated == (safemap_impl == "c")
+    finally:
+        os.close(fd)
+
+
+def test_safemap_of_a_file_already_shorter(tmp_path, safemap_impl):
+    data = random.Random(23).randbytes(50_000)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with rsync_delta.SafeMap(fd, 80_000) as sm:
+            assert bytes(sm.buf) == data + bytes(30_000)
+            assert sm.truncated
+    finally:
+        os.close(fd)
+
+
+def test_search_over_a_shrinking_file(tmp_path, clib):
+    """The C search reads the mapping without the GIL: lost pages read as
+    zeros there too, and the tokens still cover the whole map."""
+    rng = random.Random(24)
+    basis = rng.randbytes(400_000)
+    data = _edit(rng, basis, 5)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    table = make_table(basis, 1000)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with rsync_delta.SafeMap(fd, len(data)) as sm:
+            os.truncate(path, 150_000)
+            tokens = list(rsync_delta.match(table, sm.buf, len(data), md5))
+            assert sm.truncated
+        check_coverage(tokens, table, len(data))
+        assert rebuild(tokens, _shrunk(data, 150_000), basis, table) == _shrunk(data, 150_000)
+    finally:
+        os.close(fd)
+
+
+_OUTSIDE_FAULT = """
+import mmap, os, sys
+import rsync_delta
+path = sys.argv[1]
+with open(path, "wb") as f:
+    f.write(b"x" * 65536)
+fd = os.open(path, os.O_RDONLY)
+sm = rsync_delta.SafeMap(fd, 65536)
+assert sm.mapped
+plain = mmap.mmap(fd, 65536, access=mmap.ACCESS_READ)
+os.truncate(path, 0)
+assert bytes(sm.buf) == bytes(65536) and sm.truncated
+print("absorbed", flush=True)
+plain[:]
+print("survived", flush=True)
+"""
+
+
+@pytest.mark.parametrize("faulthandler", [False, True])
+def test_faults_outside_safemaps_still_kill(tmp_path, clib, faulthandler):
+    args = [sys.executable] + (["-X", "faulthandler"] if faulthandler else [])
+    env = {k: v for k, v in os.environ.items() if k not in ("GOKR_RSYNC_PURE", "PYTHONFAULTHANDLER")}
+    proc = subprocess.run(args + ["-c", _OUTSIDE_FAULT, str(tmp_path / "f")], cwd=HERE, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.stdout == "absorbed\n"
+    assert proc.returncode == -signal.SIGBUS
+    if faulthandler:
+        assert "Fatal Python error: Bus error" in proc.stderr
+
+
+def test_safemaps_in_many_threads(tmp_path, clib):
+    """Threads map, read and close files while other threads shrink them."""
+    errors = []
+
+    def work(n):
+        rng = random.Random(n)
+        try:
+            for round_ in range(15):
+                data = rng.randbytes(rng.randrange(PAGE, 100 * PAGE))
+                path = tmp_path / f"{n}-{round_}"
+                path.write_bytes(data)
+                fd = os.open(path, os.O_RDONLY)
+                cut = rng.randrange(0, len(data))
+                shrink = threading.Timer(rng.random() / 500, os.truncate, (path, cut))
+                try:
+                    with rsync_delta.SafeMap(fd, len(data)) as sm:
+                        shrink.start()
+                        got = b"".join(bytes(sm.buf[i:i + PAGE]) for i in range(0, len(data), PAGE))
+                        shrink.join()
+                        assert got == data or sm.truncated
+                        for i in range(0, len(data), PAGE):
+                            page = got[i:i + PAGE]
+                            # Each page as it was, or cut short and zero-filled.
+                            assert data[i:i + PAGE].startswith(page.rstrip(b"\0"))
+                finally:
+                    shrink.cancel()
+                    os.close(fd)
+        except Exception as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
+def test_full_range_table_falls_back_to_reading(tmp_path, clib):
+    data = random.Random(25).randbytes(3 * PAGE)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        maps = [rsync_delta.SafeMap(fd, len(data)) for _ in range(300)]
+        assert any(sm.mapped for sm in maps) and not all(sm.mapped for sm in maps)
+        assert all(bytes(sm.buf) == data for sm in maps)
+        for sm in maps:
+            sm.close()
+        with rsync_delta.SafeMap(fd, len(data)) as sm:
+            assert sm.mapped
+        # A map dropped without close() gives its slot back too.
+        maps = [rsync_delta.SafeMap(fd, len(data)) for _ in range(300)]
+        del maps
+        with rsync_delta.SafeMap(fd, len(data)) as sm:
+            assert sm.mapped
+    finally:
+        os.close(fd)
+
+
+def test_c_library_compiles_without_warnings(tmp_path):
+    cc = (sysconfig.get_config_var("CC") or "cc").split()
+    if shutil.which(cc[0]) is None:
+        pytest.skip("no C compiler")
+    proc = subprocess.run(cc + ["-Wall", "-Wextra", "-Werror", "-O2", "-fsyntax-only",
+                                os.path.join(HERE, "contrib", "rsync_delta.c")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
 
 
 # --- stock rsync -----------------------------------------------------------------------

@@ -30,7 +30,7 @@
 #endif
 
 /* Bumped whenever a signature or struct rd_search's public part changes. */
-#define RD_ABI_VERSION 2
+#define RD_ABI_VERSION 3
 
 enum { RD_END = 0, RD_CANDIDATES = 1, RD_FLUSH = 2 };
 
@@ -486,6 +486,233 @@ RD_API void rd_matched(struct rd_search *st, int64_t offset, int32_t i)
 	st->last_match = next;
 	set_window(st, next);
 }
+
+/*
+ * Mappings that survive their file shrinking.
+ *
+ * Reading a page of a shared file mapping that lies wholly past the end of
+ * the file raises SIGBUS, whose default action kills the process: in a
+ * threaded daemon, every transfer at once. rsync_delta.SafeMap registers
+ * the address range of each of its mappings here. The SIGBUS handler,
+ * installed once for the process, maps an anonymous zero page over the
+ * faulting page when the address lies in a registered range, notes the
+ * truncation on that range and returns, so the access resumes and reads
+ * zeros. Faults anywhere else go to the handler that was there before.
+ *
+ * The handler reads the table without locks: each slot is a sequence
+ * counter (odd while a thread under rd_lock rewrites the slot) and atomic
+ * fields. Ranges are registered before the mapping is handed out and
+ * released after it is unmapped, so a fault in a live mapping always finds
+ * a settled slot.
+ */
+#if !defined(_WIN32) && !defined(__STDC_NO_ATOMICS__)
+#include <stdatomic.h>
+#endif
+/* The handler may only read slots that need no lock. */
+#if !defined(_WIN32) && !defined(__STDC_NO_ATOMICS__) \
+	&& ATOMIC_POINTER_LOCK_FREE == 2 && ATOMIC_INT_LOCK_FREE == 2
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#if !defined(MAP_ANONYMOUS) && defined(MAP_ANON)
+#define MAP_ANONYMOUS MAP_ANON
+#endif
+
+#define RD_RANGES 256
+
+struct rd_range {
+	atomic_uint seq;
+	atomic_uintptr_t start;	/* 0 when the slot is free */
+	atomic_uintptr_t end;
+	atomic_int truncated;
+};
+
+static struct rd_range rd_ranges[RD_RANGES];
+static pthread_mutex_t rd_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct sigaction rd_previous;
+static uintptr_t rd_page;
+
+static void rd_write_range(struct rd_range *r, uintptr_t start, uintptr_t end)
+{
+	unsigned seq = atomic_load(&r->seq);
+
+	atomic_store(&r->seq, seq + 1);
+	atomic_store(&r->truncated, 0);
+	atomic_store(&r->end, end);
+	atomic_store(&r->start, start);
+	atomic_store(&r->seq, seq + 2);
+}
+
+/* Marks every range holding addr as truncated; whether there was one. */
+static int rd_claim(uintptr_t addr)
+{
+	int i, hit = 0;
+
+	for (i = 0; i < RD_RANGES; i++) {
+		struct rd_range *r = &rd_ranges[i];
+		uintptr_t start, end;
+		unsigned seq;
+
+		do {
+			while ((seq = atomic_load(&r->seq)) & 1)
+				;
+			start = atomic_load(&r->start);
+			end = atomic_load(&r->end);
+		} while (atomic_load(&r->seq) != seq);
+		if (start && start <= addr && addr < end) {
+			atomic_store(&r->truncated, 1);
+			hit = 1;
+		}
+	}
+	return hit;
+}
+
+static void rd_sigbus(int sig, siginfo_t *info, void *context)
+{
+	int saved = errno;
+
+	if (info && info->si_code > 0 && rd_claim((uintptr_t)info->si_addr)) {
+		void *page = (void *)((uintptr_t)info->si_addr & ~(rd_page - 1));
+
+		if (mmap(page, rd_page, PROT_READ, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+		    != MAP_FAILED) {
+			errno = saved;
+			return;
+		}
+	}
+	errno = saved;
+	if (rd_previous.sa_flags & SA_SIGINFO) {
+		rd_previous.sa_sigaction(sig, info, context);
+	} else if (rd_previous.sa_handler != SIG_DFL && rd_previous.sa_handler != SIG_IGN) {
+		rd_previous.sa_handler(sig);
+	} else if (rd_previous.sa_handler == SIG_DFL || (info && info->si_code > 0)) {
+		/* Die of it, as without this handler: a fault comes back when the
+		 * access resumes, a signal sent by kill is raised again. */
+		struct sigaction dfl;
+
+		memset(&dfl, 0, sizeof dfl);
+		dfl.sa_handler = SIG_DFL;
+		sigemptyset(&dfl.sa_mask);
+		sigaction(sig, &dfl, NULL);
+		if (!info || info->si_code <= 0)
+			raise(sig);
+	}
+}
+
+static int rd_is_ours(const struct sigaction *sa)
+{
+	return (sa->sa_flags & SA_SIGINFO) && sa->sa_sigaction == rd_sigbus;
+}
+
+/* Makes sure the handler is in place: 0, or -1 when it is not and cannot
+ * be. Whatever handled SIGBUS before gets the faults outside our ranges.
+ * If some other handler has since replaced ours, it may itself pass faults
+ * on to ours: that is not fought over, and the caller reads files instead
+ * of mapping them. */
+RD_API int rd_safemap_install(void)
+{
+	static int installed;
+	struct sigaction current, ours;
+	int ok = -1;
+
+	pthread_mutex_lock(&rd_lock);
+	if (sigaction(SIGBUS, NULL, &current) == 0) {
+		if (rd_is_ours(&current)) {
+			ok = 0;
+		} else if (!installed || (!(current.sa_flags & SA_SIGINFO)
+					  && (current.sa_handler == SIG_DFL
+					      || current.sa_handler == SIG_IGN))) {
+			long page = sysconf(_SC_PAGESIZE);
+
+			memset(&ours, 0, sizeof ours);
+			ours.sa_sigaction = rd_sigbus;
+			ours.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
+			sigemptyset(&ours.sa_mask);
+			if (page > 0 && (page & (page - 1)) == 0) {
+				rd_page = (uintptr_t)page;
+				rd_previous = current;
+				if (sigaction(SIGBUS, &ours, NULL) == 0) {
+					installed = 1;
+					ok = 0;
+				}
+			}
+		}
+	}
+	pthread_mutex_unlock(&rd_lock);
+	return ok;
+}
+
+/* Registers the mapping at addr, len bytes long, and returns its slot, or
+ * -1 when the table is full. */
+RD_API int32_t rd_safemap_register(const void *addr, int64_t len)
+{
+	uintptr_t start = (uintptr_t)addr & ~(rd_page - 1);
+	uintptr_t end = ((uintptr_t)addr + (uintptr_t)len + rd_page - 1) & ~(rd_page - 1);
+	int32_t i, slot = -1;
+
+	if (!rd_page || !addr || len <= 0)
+		return -1;
+	pthread_mutex_lock(&rd_lock);
+	for (i = 0; i < RD_RANGES; i++) {
+		if (!atomic_load(&rd_ranges[i].start)) {
+			rd_write_range(&rd_ranges[i], start, end);
+			slot = i;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&rd_lock);
+	return slot;
+}
+
+/* Whether a fault in the mapping of slot has been absorbed. */
+RD_API int rd_safemap_truncated(int32_t slot)
+{
+	if (slot < 0 || slot >= RD_RANGES)
+		return 0;
+	return atomic_load(&rd_ranges[slot].truncated);
+}
+
+/* Frees slot once its mapping is gone; returns rd_safemap_truncated. */
+RD_API int rd_safemap_release(int32_t slot)
+{
+	int truncated;
+
+	if (slot < 0 || slot >= RD_RANGES)
+		return 0;
+	pthread_mutex_lock(&rd_lock);
+	truncated = atomic_load(&rd_ranges[slot].truncated);
+	rd_write_range(&rd_ranges[slot], 0, 0);
+	pthread_mutex_unlock(&rd_lock);
+	return truncated;
+}
+#else
+RD_API int rd_safemap_install(void)
+{
+	return -1;
+}
+
+RD_API int32_t rd_safemap_register(const void *addr, int64_t len)
+{
+	(void)addr;
+	(void)len;
+	return -1;
+}
+
+RD_API int rd_safemap_truncated(int32_t slot)
+{
+	(void)slot;
+	return 0;
+}
+
+RD_API int rd_safemap_release(int32_t slot)
+{
+	(void)slot;
+	return 0;
+}
+#endif
 
 /* setuptools builds this as an extension module, and some linkers insist on
  * the module's init symbol. The library is for ctypes: importing it fails. */
