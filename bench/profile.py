@@ -69,8 +69,7 @@ def main(argv=None):
             if path:
                 run.warm(path)
         bench.before_run(case, dests["ours"], changed)
-        c, s, port = bench.pair(side, True, src, args, dests["ours"])
-        r = run.run_transfer(c, s, bench.env_for(True, a.pure), bench.tmp, 3600, port)
+        r = bench.transfer(side, True, src, args, dests["ours"], bench.env_for(True, a.pure), 3600)
         shutil.rmtree(os.path.join(bench.out, "dst"), ignore_errors=True)
         total, rows = top_functions(raw, a.top)
         print("\n## our %s, case %s (%s, %s checksum%s): wall %.2f s, our CPU %.2f s, %d samples at %d Hz\n" % (

@@ -61,6 +61,10 @@ class BenchError(Exception):
     pass
 
 
+class NotListening(BenchError):
+    pass
+
+
 def parse_size(text):
     """`1G`, `256M`, `64KiB`, `1048576` → bytes (binary units)."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", text, re.I)
@@ -311,17 +315,21 @@ def _listening(port):
         return False
 
 
-def _wait_listening(port, pid, deadline):
+def _wait_listening(port, pid, deadline, errfile):
     while not _listening(port):
         if os.waitpid(pid, os.WNOHANG)[0] or time.monotonic() > deadline:
-            raise BenchError("the daemon did not listen on port %d" % port)
+            raise NotListening("the daemon did not listen on port %d:\n%s" % (port, _tail(errfile)))
         time.sleep(0.01)
 
 
-def _has_children(pid):
+def _busy(pid):
+    """Whether a listener still serves: a connection process (stock rsync)
+    or a connection thread (gokr-rsyncd)."""
     try:
         with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
-            return bool(f.read().strip())
+            if f.read().strip():
+                return True
+        return len(os.listdir("/proc/%d/task" % pid)) > 1
     except OSError:
         time.sleep(0.2)
         return False
@@ -331,7 +339,7 @@ def _stop_listener(pid, deadline):
     """Ends a TCP daemon once its connection is over; (cpu, maxrss) of it and
     its connection processes."""
     end = min(deadline, time.monotonic() + 10)
-    while _has_children(pid) and time.monotonic() < end:
+    while _busy(pid) and time.monotonic() < end:
         time.sleep(0.005)
     os.kill(pid, signal.SIGTERM)
     _, _, ru = _wait4(pid, deadline)
@@ -345,10 +353,24 @@ def free_port():
         return s.getsockname()[1]
 
 
-def run_transfer(client_argv, server_argv, env, tmp, timeout, port=None):
+def run_on_free_port(build, env, tmp, timeout, tcp, **kw):
+    """run_transfer of BUILD(port) → (client argv, server argv); on TCP a few
+    ports are tried, as another program may bind a free port before the daemon."""
+    for attempt in range(3):
+        port = free_port() if tcp else None
+        c, s = build(port)
+        try:
+            return run_transfer(c, s, env, tmp, timeout, port, **kw)
+        except NotListening:
+            if attempt == 2:
+                raise
+
+
+def run_transfer(client_argv, server_argv, env, tmp, timeout, port=None, server_code=True):
     """One pull; returns a dict of wall, CPU and peak RSS of both sides.
     With PORT, SERVER_ARGV is a TCP daemon listening there; else the client
-    starts it per connection through RSYNC_CONNECT_PROG."""
+    starts it per connection through RSYNC_CONNECT_PROG. SERVER_CODE: the
+    server must exit 0 too."""
     cpidfile = os.path.join(tmp, "client.pid")
     spidfile = os.path.join(tmp, "server.pid")
     errfile = os.path.join(tmp, "transfer.log")
@@ -361,7 +383,7 @@ def run_transfer(client_argv, server_argv, env, tmp, timeout, port=None):
         if port:
             group, spid = _start(server_argv, spidfile, env, errfile, deadline)
             groups.append(group)
-            _wait_listening(port, spid, deadline)
+            _wait_listening(port, spid, deadline, errfile)
         else:
             env = dict(env, RSYNC_CONNECT_PROG=connect_prog(server_argv, spidfile))
         os.sync()
@@ -391,7 +413,7 @@ def run_transfer(client_argv, server_argv, env, tmp, timeout, port=None):
             _kill_group(g)
         raise
     _reap_all(time.monotonic() + 1)
-    if (ccode, scode) != (0, 0):
+    if ccode or (scode and server_code):
         raise BenchError("transfer failed (client %d, server %d): %s\n%s"
                          % (ccode, scode, shlex.join(client_argv), _tail(errfile)))
     return {
@@ -503,7 +525,8 @@ class Bench:
 
     def server(self, ours, src, port=None):
         if ours:
-            return self.wrap.get("daemon", []) + [PY, DAEMON, "--daemon", "--gokr.modulemap=m=" + src]
+            tcp = ["--gokr.listen=127.0.0.1:%d" % port] if port else []
+            return self.wrap.get("daemon", []) + [PY, DAEMON, "--daemon"] + tcp + ["--gokr.modulemap=m=" + src]
         tcp = ["--no-detach", "--address=127.0.0.1", "--port=%d" % port] if port else []
         return [self.rsync, "--daemon"] + tcp + ["--config=" + self.rsyncd_conf(src)]
 
@@ -512,13 +535,15 @@ class Bench:
         url = "rsync://127.0.0.1:%d/m/" % port if port else "rsync://localhost/m/"
         return prog + args + [url, dest + "/"]
 
-    def pair(self, side, ours_run, src, args, dest):
-        """(client argv, server argv, TCP port or None) of one run of SIDE,
-        with ours on that side or not."""
-        port = free_port() if side == "client" and self.args.client_via == "tcp" else None
+    def transfer(self, side, ours_run, src, args, dest, env, timeout):
+        """One run of SIDE, with ours on that side or not."""
+        via = self.args.client_via if side == "client" else self.args.daemon_via
         ours_daemon = ours_run and side == "daemon"
         ours_client = ours_run and side == "client"
-        return self.client(ours_client, args, dest, port), self.server(ours_daemon, src, port), port
+
+        def build(port):
+            return self.client(ours_client, args, dest, port), self.server(ours_daemon, src, port)
+        return run_on_free_port(build, env, self.tmp, timeout, via == "tcp")
 
     def env_for(self, ours_run, pure):
         return dict(self.env, GOKR_RSYNC_PURE="1") if ours_run and pure else self.env
@@ -532,14 +557,37 @@ class Bench:
             make_text(probe, 64 * KiB)
         dest = os.path.join(self.tmp, "probe-dst")
         fresh_dir(dest)
-        c, s, port = self.pair(side, True, probe, ["-az"], dest)
         try:
-            run_transfer(c, s, self.env, self.tmp, 60, port)
+            self.transfer(side, True, probe, ["-az"], dest, self.env, 60)
             return same_tree(probe, dest)
         except BenchError:
             return False
         finally:
             shutil.rmtree(dest, ignore_errors=True)
+
+    def startup(self):
+        """What one connection costs before any transfer: a module list,
+        our daemon started in inetd mode and our client, vs stock."""
+        src = self.small()
+        lines = []
+        for side in ("daemon", "client"):
+            got = {"ours": [], "stock": []}
+            for _ in range(self.args.runs):
+                for who in got:
+                    prog = [PY, CLIENT] if side == "client" and who == "ours" else [self.rsync]
+
+                    def build(port):
+                        url = "rsync://127.0.0.1:%d/" % port if port else "rsync://localhost/"
+                        return prog + [url], self.server(side == "daemon" and who == "ours", src, port)
+                    got[who].append(run_on_free_port(build, self.env, self.tmp, 60, side == "client",
+                                                     server_code=False))
+            med = {who: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for who, rs in got.items()}
+            k = side_key(side, "cpu")
+            lines.append("Start-up of our %s: a module list (`%s rsync://HOST/`) takes %.2f s wall and "
+                         "%.2f s CPU of our %s, vs %.2f s and %.3f s with stock rsync (medians of %d)." % (
+                             side, "rsync" if side == "daemon" else "client.py", med["ours"]["wall"],
+                             med["ours"][k], side, med["stock"]["wall"], med["stock"][k], self.args.runs))
+        return lines
 
     # Rows.
 
@@ -597,8 +645,8 @@ class Bench:
                 ours_run = who == "ours"
                 dest = dests[who]
                 self.before_run(case, dest, changed)
-                c, s, port = self.pair(side, ours_run, src, args, dest)
-                r = run_transfer(c, s, self.env_for(ours_run, row["pure"]), self.tmp, self.args.timeout, port)
+                r = self.transfer(side, ours_run, src, args, dest, self.env_for(ours_run, row["pure"]),
+                                  self.args.timeout)
                 if changed and os.stat(os.path.join(dest, "big.bin")).st_ino == os.stat(changed).st_ino:
                     raise BenchError("the receiver wrote into the basis file; %s is spoiled" % changed)
                 if i == 0 and not same_tree(src, dest):
@@ -615,8 +663,8 @@ class Bench:
         ref = dict(row, size=ref_size(row["size"]))
         src, args, changed, dests = self.setup(ref)
         self.before_run(row["case"], dests["ours"], changed)
-        c, s, port = self.pair(row["side"], True, src, args, dests["ours"])
-        r = run_transfer(c, s, self.env_for(True, row["pure"]), self.tmp, self.args.timeout, port)
+        r = self.transfer(row["side"], True, src, args, dests["ours"], self.env_for(True, row["pure"]),
+                          self.args.timeout)
         return {"size": ref["size"], "rss": r[side_key(row["side"])]}
 
     def run(self):
@@ -639,6 +687,11 @@ class Bench:
                     self.source(r["case"], size)
                     if r["case"] == "C":
                         self.changed(size)
+        subprocess.run([PY, "-m", "compileall", "-q", "-l", ROOT], stdout=subprocess.DEVNULL)
+        try:
+            self.notes[:0] = self.startup()
+        except BenchError as e:
+            self.notes.append("Start-up not measured: %s" % e)
         log("warming the page cache")
         for path in self.sets.values():
             warm(path)
@@ -660,6 +713,7 @@ class Bench:
             "impl": impl,
             "smoke": a.smoke,
             "client_via": a.client_via,
+            "daemon_via": a.daemon_via,
         }
         return info, results
 
@@ -745,6 +799,12 @@ def table(info, results):
     return "\n".join(lines)
 
 
+def via(how):
+    if how == "tcp":
+        return "a fresh listener on TCP 127.0.0.1 per run (its start not in the wall time)"
+    return "started by the client for its one connection through RSYNC_CONNECT_PROG (inetd mode)"
+
+
 def report(info, results, notes):
     cases = sorted({r["case"] for r in results})
     text = [
@@ -755,16 +815,14 @@ def report(info, results, notes):
             "rsync_delta: %s, pure rows: %s" % (info["impl"][False], info["impl"][True])),
         "",
         "Each row is a pull `rsync ARGS rsync://HOST/m/ DEST/`. Daemon side: the stock rsync client "
-        "pulls from our daemon vs from stock `rsync --daemon`, started by the client for its one connection "
-        "through RSYNC_CONNECT_PROG (inetd mode). Client side: our client vs the stock client, pulling from "
-        "stock `rsync --daemon` %s. Wall: median (min–max) of the client's run time. CPU (user+sys) and peak "
-        "RSS (ru_maxrss of the side's biggest process): medians, from wait4() of the client and of the "
-        "daemon (for a TCP daemon, of the listener with its connection process). The data was read once "
-        "before the runs (warm page cache, the same for both); `sync` before every run; the destination "
-        "starts empty, except C (the changed copy, hard-linked in) and D (an up-to-date copy). ours = the "
-        "delta search our processes used: c (the C library) or pure (GOKR_RSYNC_PURE=1)." % (
-            "on TCP 127.0.0.1, a fresh `--no-detach` listener per run" if info["client_via"] == "tcp"
-            else "started per connection through RSYNC_CONNECT_PROG"),
+        "pulls from our daemon vs from stock `rsync --daemon`, %s. Client side: our client vs the stock "
+        "client, pulling from stock `rsync --daemon`, %s. Wall: median (min–max) of the client's run time. "
+        "CPU (user+sys) and peak RSS (ru_maxrss of the side's biggest process): medians, from wait4() of "
+        "the client and of the daemon (a listener with its connection process or thread, its start "
+        "included). The data was read once before the runs (warm page cache, the same for both); `sync` "
+        "before every run; the destination starts empty, except C (the changed copy, hard-linked in) and "
+        "D (an up-to-date copy). ours = the delta search our processes used: c (the C library) or pure "
+        "(GOKR_RSYNC_PURE=1)." % (via(info["daemon_via"]), via(info["client_via"])),
         "",
     ]
     for c in cases:
@@ -824,8 +882,11 @@ def parse_args(argv):
     p.add_argument("--out", help="data and results (default bench/out, or bench/out/smoke with --smoke)")
     p.add_argument("--no-pure", action="store_true", help="leave out the pure-Python rows")
     p.add_argument("--timeout", type=float, default=600, help="seconds one transfer may take (default 600)")
+    p.add_argument("--daemon-via", choices=("tcp", "connect-prog"), default="tcp",
+                   help="how daemon-side rows reach the daemons: a fresh TCP listener per run, or one "
+                        "started per connection in inetd mode (default tcp)")
     p.add_argument("--client-via", choices=("tcp", "connect-prog"), default="tcp",
-                   help="how client-side rows reach stock rsync --daemon (default tcp)")
+                   help="the same for client-side rows (default tcp)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes and one run: checks the machinery only")
     a = p.parse_args(argv)
     if a.smoke:
