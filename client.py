@@ -71,6 +71,10 @@ LONG = {
     "sparse": ("sparse", "flag"), "ignore-errors": ("ignore_errors", "flag"),
     "out-format": ("out_format", "value"), "log-format": ("out_format", "value"),
     "no-motd": ("no_motd", "flag"), "max-delete": ("max_delete", "int"),
+    "compress": ("compress", "count"), "compress-choice": ("compress_choice", "value"),
+    "zc": ("compress_choice", "value"), "compress-level": ("compress_level", "int"),
+    "zl": ("compress_level", "int"), "skip-compress": ("skip_compress", "value"),
+    "new-compress": ("compress_choice", "const", "zlibx"), "old-compress": ("compress_choice", "const", "zlib"),
 }
 
 NEGATABLE = {"recursive", "links", "perms", "times", "owner", "group", "devices", "specials",
@@ -81,8 +85,7 @@ NEGATABLE = {"recursive", "links", "perms", "times", "owner", "group", "devices"
              "g", "v", "x", "i", "itemize-changes"}
 
 # Options rsync has that this client does not implement: refused by name.
-UNSUPPORTED = {"compress", "zc", "compress-choice", "compress-level", "zl", "skip-compress",
-               "relative", "copy-links", "copy-dirlinks", "keep-dirlinks", "prune-empty-dirs",
+UNSUPPORTED = {"relative", "copy-links", "copy-dirlinks", "keep-dirlinks", "prune-empty-dirs",
                "acls", "xattrs", "temp-dir", "fuzzy", "backup", "backup-dir", "suffix",
                "secluded-args", "protect-args", "from0", "files-from", "remote-option",
                "crtimes", "atimes", "link-dest", "copy-dest", "compare-dest", "chmod", "chown",
@@ -234,6 +237,10 @@ def parse_args(argv):
         o.partial = o.progress = True
     if o.delete_excluded or o.delete_mode:
         o.delete = True
+    if o.compress_choice or o.compress_level is not None:
+        o.compress = o.compress or (1 if (o.compress_choice or "").lower() != "none" else 0)
+    if o.compress > 1 and not o.compress_choice:
+        o.compress_choice = "zlibx"
     if o.itemize and not o.verbose:
         o.verbose_itemize = True
     if o.quiet:
@@ -587,6 +594,9 @@ def server_args(opts, sender_side=True):
         letters += "x" * min(opts.one_file_system, 2)
     if opts.sparse:
         letters += "S"
+    choice = (opts.compress_choice or "").lower()
+    if opts.compress and choice in ("", "zlib"):
+        letters += "z"
     if opts.protocol >= 30:
         letters += "e.LfxCIvu"
     if letters:
@@ -595,6 +605,17 @@ def server_args(opts, sender_side=True):
         args.append("--no-specials")
     elif opts.specials and not opts.devices:
         args.append("--specials")
+    if opts.compress:
+        if choice == "zlibx":
+            args.append("--new-compress")
+        elif choice == "zlib":
+            args.append("--old-compress")
+        elif choice:
+            args.append("--compress-choice=" + choice)
+        if opts.compress_level is not None:
+            args.append("--compress-level=%d" % opts.compress_level)
+        if sender_side and opts.skip_compress is not None:
+            args.append("--skip-compress=" + opts.skip_compress)
     if opts.block_size:
         args.append("-B%d" % opts.block_size)
     if opts.timeout:
@@ -1197,6 +1218,10 @@ Options
  -i, --itemize-changes       output a change-summary for all updates
      --out-format=FORMAT     output updates using the specified FORMAT
      --stats                 give some file-transfer stats
+ -z, --compress              compress file data during the transfer
+     --zc, --compress-choice=STR  choose the compression (zstd lz4 zlibx zlib)
+     --zl, --compress-level=NUM   explicitly set the compression level
+     --skip-compress=LIST    skip compressing files with suffix in LIST
  -h, --human-readable        output numbers in a human-readable format
  -e, --rsh=COMMAND           specify the remote shell to use
      --rsync-path=PROGRAM    specify the rsync to run on the remote machine

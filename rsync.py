@@ -33,6 +33,12 @@ import rsync_delta
 import rsync_filter
 
 
+def _compress():
+    """rsync_compress is loaded on first use (it imports this module)."""
+    import rsync_compress
+    return rsync_compress
+
+
 def _md4():
     """rsync_md4 is loaded on first use: its pycryptodome backend is slow to import."""
     import rsync_md4
@@ -976,6 +982,18 @@ class Checksums:
         return h.digest()
 
 
+def compression_list(am_server=False):
+    """Our compression names in rsync's order; RSYNC_COMPRESS_LIST narrows
+    and reorders them as rsync lets it."""
+    names = _compress().available_compressions(server=am_server)
+    env = os.environ.get("RSYNC_COMPRESS_LIST")
+    if env:
+        wanted = [n for n in env.replace("&", " ").split() if n in names]
+        if wanted:
+            return wanted + (["none"] if am_server and "none" not in wanted else [])
+    return names
+
+
 def negotiate_pick(ours, theirs):
     """The first name in `theirs` that we support (rsync's order for both)."""
     names = [CHECKSUM_ALIASES.get(n, n) for n in theirs.split()]
@@ -1605,6 +1623,7 @@ class Options:
         self.compress = False
         self.compress_choice = None
         self.compress_level = None
+        self.skip_compress = None
         self.checksum_choice = None
         self.checksum_seed = 0
         self.block_size = 0
@@ -1644,13 +1663,13 @@ SERVER_LETTERS = {
     "C": ("cvs_exclude", True), "I": ("ignore_times", True), "R": ("relative", True),
     "x": ("one_file_system", None), "S": ("sparse", True), "u": ("update", True),
     "O": ("omit_dir_times", True), "J": ("omit_link_times", True), "m": ("prune_empty_dirs", True),
+    "z": ("compress", True),
 }
 
 # Letters that stock rsync may send but that this server does not implement.
 UNSUPPORTED_LETTERS = {
     "A": "--acls", "X": "--xattrs", "U": "--atimes", "N": "--crtimes", "s": "--protect-args",
-    "z": "--compress", "b": "--backup", "y": "--fuzzy", "L": "--copy-links",
-    "k": "--copy-dirlinks",
+    "b": "--backup", "y": "--fuzzy", "L": "--copy-links", "k": "--copy-dirlinks",
 }
 
 # Long options: name -> (attribute, kind) with kind "flag", "int", "str", "noflag".
@@ -1679,6 +1698,9 @@ SERVER_LONG = {
     "partial-dir": ("partial_dir", "str"), "delay-updates": ("delay_updates", "flag"),
     "super": ("super", "flag"), "block-size": ("block_size", "int"),
     "protocol": ("protocol", "int"),
+    "compress-choice": ("compress_choice", "str"), "compress-level": ("compress_level", "int"),
+    "new-compress": ("compress_choice", "zlibx"), "old-compress": ("compress_choice", "zlib"),
+    "skip-compress": ("skip_compress", "str"), "compress": ("compress", "flag"),
 }
 
 
@@ -1733,6 +1755,8 @@ def parse_server_args(argv, opts=None):
                 setattr(opts, attr, value)
             else:
                 setattr(opts, attr, kind)
+            if attr == "compress_choice":
+                opts.compress = True
             if name.startswith("delete"):
                 opts.delete = True
             continue
@@ -1843,6 +1867,8 @@ class Session:
         self.id0_names = False
         self.checksum_seed = 0
         self.checksums = None
+        self.compression = None
+        self.compress_level = None
         self.io_error = 0
         self.remote_io_error = 0
         self.stats = Stats()
@@ -1901,6 +1927,14 @@ class Session:
             self.id0_names = bool(cf & CF_ID0_NAMES)
             self.use_safe_flist = bool(cf & CF_SAFE_FLIST) or p >= 31
         ours = available_checksums()
+        compressions = compression_list(self.am_server) if opts.compress else []
+        want_csum_list = do_negotiation and not opts.checksum_choice
+        want_zip_list = do_negotiation and opts.compress and not opts.compress_choice
+        if want_csum_list:
+            self.out.vstring(" ".join(ours).encode())
+        if want_zip_list:
+            self.out.vstring(" ".join(compressions).encode())
+        self.out.flush()
         if opts.checksum_choice:
             xfer, _, filesum = opts.checksum_choice.partition(",")
             xfer = CHECKSUM_ALIASES.get(xfer, xfer)
@@ -1914,8 +1948,6 @@ class Session:
             xfer = default if xfer == "auto" else xfer
             filesum = default if filesum == "auto" else filesum
         elif do_negotiation:
-            self.out.vstring(" ".join(ours).encode())
-            self.out.flush()
             theirs = self.inp.vstring(1024).decode("ascii", "replace")
             xfer = negotiate_pick(ours, theirs)
             if xfer is None:
@@ -1926,6 +1958,29 @@ class Session:
             filesum = xfer
         else:
             xfer = filesum = "md5" if p >= 30 else "md4"
+        self.compression = None
+        if opts.compress:
+            if opts.compress_choice:
+                method = opts.compress_choice.lower()
+                if method in ("auto",):
+                    method = "zlib" if not do_negotiation else None
+                if method is not None and method != "none" and method not in compressions:
+                    raise RsyncError("unknown compress name: %s" % opts.compress_choice, RERR_UNSUPPORTED)
+            elif want_zip_list:
+                theirs = self.inp.vstring(1024).decode("ascii", "replace")
+                method = _compress().pick_compression(compressions, theirs, server=self.am_server)
+                if method is None:
+                    raise RsyncError("Failed to negotiate a compress choice.\n%s list: %s\n%s list: %s"
+                                     % ("Client" if self.am_server else "Server", theirs,
+                                        "Server" if self.am_server else "Client", " ".join(compressions)),
+                                     RERR_UNSUPPORTED)
+            else:
+                method = "zlib"
+            if method and method != "none":
+                level = _compress().compression_level(method, opts.compress_level)
+                if not (level is None and method in ("zlib", "zlibx")):
+                    self.compression = method
+                    self.compress_level = opts.compress_level
         implied = not do_negotiation and (not opts.checksum_choice or opts.checksum_choice.startswith("auto"))
         legacy_md4 = p < 30 and implied
         md5_seed_first = not (implied and not self.proper_seed_order)
@@ -2495,6 +2550,12 @@ class Sender:
         self.out = out or (lambda kind, e, iflags, extra: None)
         self.progress = progress
         self.inplace = sess.opts.inplace
+        self.tokens = None
+        if sess.compression:
+            self.tokens = _compress().TokenWriter(sess.compression, sess.out.write,
+                                                     level=sess.compress_level, protocol=sess.protocol)
+            self.skip = _compress().skip_compress_rules(sess.opts.skip_compress, None,
+                                                           daemon=sess.opts.daemon)
 
     def send_file_list(self, builder_io_error, build_ms):
         """The list, its end marker with the io_error, the id lists."""
@@ -2602,6 +2663,8 @@ class Sender:
             sess.write_ndx_and_attrs(ndx, iflags, basis, xname)
             sess.write_sum_head(*head)
             count = head[0]
+            if self.tokens is not None:
+                self.tokens.begin_file(compress=not self.skip(e.name.rsplit(b"/", 1)[-1]))
             if count == 0 or st.st_size == 0:
                 short = self._send_whole(fd, st.st_size)
             else:
@@ -2637,12 +2700,21 @@ class Sender:
                 got += n
             chunk = mv[:want]
             h.update(chunk)
-            self._write_literals(chunk)
+            if self.tokens is not None:
+                self.tokens.literal(chunk)
+            else:
+                self._write_literals(chunk)
             sess.stats.literal_data += want
             left -= want
-        sess.out.int32(0)
+        self._end_tokens()
         sess.out.write(h.digest())
         return short
+
+    def _end_tokens(self):
+        if self.tokens is not None:
+            self.tokens.end_file()
+        else:
+            self.sess.out.int32(0)
 
     def _write_literals(self, chunk):
         """Literal tokens (int32 length + data, at most CHUNK_SIZE each) for a
@@ -2669,17 +2741,25 @@ class Sender:
             parts = []
             pending = 0
             st = sess.stats
+            zipped = self.tokens
             for off, n, idx in tokens:
-                for i in range(off, off + n, CHUNK_SIZE):
-                    piece = mv[i:min(i + CHUNK_SIZE, off + n)]
-                    parts.append(struct.pack("<i", len(piece)))
-                    parts.append(piece)
+                if zipped is not None:
+                    if n:
+                        zipped.literal(mv[off:off + n])
+                else:
+                    for i in range(off, off + n, CHUNK_SIZE):
+                        piece = mv[i:min(i + CHUNK_SIZE, off + n)]
+                        parts.append(struct.pack("<i", len(piece)))
+                        parts.append(piece)
                 pending += n
                 st.literal_data += n
                 end = off + n
                 if idx >= 0:
-                    parts.append(struct.pack("<i", -(idx + 1)))
                     blen = remainder if (idx == count - 1 and remainder) else blength
+                    if zipped is not None:
+                        zipped.block(idx, mv[end:end + blen])
+                    else:
+                        parts.append(struct.pack("<i", -(idx + 1)))
                     st.matched_data += blen
                     end += blen
                 if end - hashed >= self.BATCH:
@@ -2697,7 +2777,7 @@ class Sender:
             parts = piece = None
             mv.release()
             mm.close()
-        sess.out.int32(0)
+        self._end_tokens()
         sess.out.write(h.digest())
         return None
 
@@ -3084,6 +3164,10 @@ class Receiver:
         self.followers = []
         self.del_stats = [0, 0, 0, 0, 0]
         self.am_root = os.geteuid() == 0
+        self.tokens = None
+        if sess.compression:
+            self.tokens = _compress().TokenReader(sess.compression, sess.inp.read,
+                                                     protocol=sess.protocol)
         self.uid_map = {}
         self.gid_map = {}
         self.stats = sess.stats
@@ -3885,30 +3969,48 @@ class Receiver:
             bview = memoryview(basis_mm) if basis_mm is not None else None
             chunk = None
             batch = _WriteBatch(fd, inp.src) if failed is None and not opts.inplace else None
+            zipped = self.tokens
+            if zipped is not None:
+                zipped.begin_file(max_block=count)
+                batch = None
             try:
                 while True:
-                    if batch is not None:
-                        batch.before_read(4)
-                    t = inp.int32()
-                    if t == 0:
-                        break
+                    if zipped is not None:
+                        kind, value = zipped.next()
+                        if kind == "end":
+                            break
+                        if kind == "literal":
+                            t = len(value)
+                        else:
+                            t = -(value + 1)
+                    else:
+                        if batch is not None:
+                            batch.before_read(4)
+                        t = inp.int32()
+                        if t == 0:
+                            break
                     if t > 0:
                         if t > (1 << 24):
                             raise ProtocolError("literal run of %d bytes is too long" % t)
                         left = t
                         while left:
-                            if batch is not None:
-                                batch.before_read(1)
-                            data = inp.take(left)
-                            left -= len(data)
+                            if zipped is not None:
+                                data, left = value, 0
+                            else:
+                                if batch is not None:
+                                    batch.before_read(1)
+                                data = inp.take(left)
+                                left -= len(data)
                             if failed is None:
                                 h.update(data)
                                 if batch is not None:
                                     batch.add(data)
-                                else:
+                                elif opts.inplace:
                                     os.pwrite(fd, data, offset)
+                                else:
+                                    _write_out(fd, data)
                             offset += len(data)
-                        data = None
+                        data = value = None
                         self.stats.literal_data += t
                     else:
                         i = -(t + 1)
@@ -3917,16 +4019,25 @@ class Receiver:
                         start = i * blength
                         blen = remainder if (i == count - 1 and remainder) else blength
                         if failed is not None:
+                            if zipped is not None and bview is not None and start + blen <= len(bview):
+                                zipped.block_data(bview[start:start + blen])
+                            elif zipped is not None:
+                                zipped.block_data(bytes(blen))
                             offset += blen
                             continue
                         if bview is None or start + blen > len(bview):
                             raise ProtocolError("the basis file changed during the transfer", RERR_FILEIO)
                         chunk = bview[start:start + blen]
                         h.update(chunk)
+                        if zipped is not None:
+                            zipped.block_data(chunk)
                         if batch is not None:
                             batch.add(chunk)
-                        elif start != offset:
-                            os.pwrite(fd, chunk, offset)
+                        elif opts.inplace:
+                            if start != offset:
+                                os.pwrite(fd, chunk, offset)
+                        else:
+                            _write_out(fd, chunk)
                         offset += blen
                         self.stats.matched_data += blen
                     if self.progress:
@@ -3974,6 +4085,13 @@ class Receiver:
                         os.unlink(tmp, dir_fd=dfd)
                 except OSError:
                     pass
+
+
+def _write_out(fd, data):
+    mv = memoryview(data)
+    while mv:
+        n = os.write(fd, mv)
+        mv = mv[n:]
 
 
 class _WriteBatch:

@@ -12,9 +12,12 @@ setup(
     description="rsync server and client in Python, interoperating with stock rsync",
     license="BSD-3-Clause",
     python_requires=">=3.11",
-    py_modules=["rsync", "rsync_md4", "rsync_filter", "rsync_delta", "daemon", "client"],
+    py_modules=["rsync", "rsync_md4", "rsync_filter", "rsync_delta", "rsync_compress", "rsync_conf",
+                "rsync_jail", "rsync_sshd", "daemon", "client"],
     ext_modules=[Extension("_rsync_delta", ["contrib/rsync_delta.c"], optional=True,
                            extra_compile_args=["-O3"])],
     install_requires=["pycryptodome", "paramiko", "xxhash"],
+    # zstd and lz4 are offered for -z only when these are installed.
+    extras_require={"compress": ["zstandard", "lz4"]},
     entry_points={"console_scripts": ["gokr-rsyncd = daemon:main", "gokr-rsync = client:main"]},
 )
