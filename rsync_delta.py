@@ -44,7 +44,7 @@ FLUSH = 256 * 1024
 
 _SEGMENT = 1 << 16
 _PIECE = 1 << 14
-_ABI_VERSION = 3
+_ABI_VERSION = 4
 _END, _CANDIDATES, _FLUSH = 0, 1, 2
 _JUMP = object()
 
@@ -510,7 +510,7 @@ def _declare(lib):
         ("rd_checksum1", ctypes.c_uint32, [vp, i64]),
         ("rd_block_checksum1s", None, [vp, i64, i32, vp]),
         ("rd_new", search_p, [vp, i64, vp, vp, i32, i32, i32, i32, ctypes.c_int, vp, i32, i32,
-                              i64]),
+                              i64, ctypes.c_uint32]),
         ("rd_free", None, [search_p]),
         ("rd_scan", ctypes.c_int, [search_p, ctypes.c_int]),
         ("rd_first_match", i32, [search_p, ctypes.c_char_p]),
@@ -566,7 +566,8 @@ def _match_c(table, buf, length, strong, inplace=False):
         view = _byte_view(buf)
         st = _lib.rd_new(pin.address, length, sum1s.buffer_info()[0], sum2_packed, count,
                          table.blength, table.lastlen, s2length, bool(inplace),
-                         same_offset_c, MAX_CHAIN_LEN, MAX_STREAK, FLUSH)
+                         same_offset_c, MAX_CHAIN_LEN, MAX_STREAK, FLUSH,
+                         int.from_bytes(os.urandom(4), "little"))
         if not st:
             raise MemoryError("rsync_delta: no memory for the block search")
         s = st.contents

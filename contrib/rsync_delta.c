@@ -30,7 +30,9 @@
 #endif
 
 /* Bumped whenever a signature or struct rd_search's public part changes. */
-#define RD_ABI_VERSION 3
+#define RD_ABI_VERSION 4
+
+#define RD_FREE_SLOT (-2)
 
 enum { RD_END = 0, RD_CANDIDATES = 1, RD_FLUSH = 2 };
 
@@ -59,14 +61,17 @@ struct rd_search {
 	int32_t count, blength, lastlen, s2length, max_chain_len, max_streak;
 	int inplace;
 	int32_t chained;	/* blocks in the chains: all, or all but a short last one */
-	int32_t nkeys;		/* distinct weak sums of chained blocks */
-	uint32_t *keys;		/* those sums, ascending */
-	int32_t *head;		/* per key, its chain: the highest block first */
+	uint32_t slots_shift;	/* 32 - log2 of the number of slots */
+	uint32_t multiplier;	/* of the slots' hash: odd, random per search */
+	uint32_t *keys;		/* per slot, a weak sum of chained blocks */
+	int32_t *head;		/* per slot, its chain (highest block first), -1
+				 * once emptied, RD_FREE_SLOT when unused */
 	int32_t *next;
-	int32_t group;		/* key of the candidates at offset, or -1 for the last block */
+	int32_t group;		/* slot of the candidates at offset, or -1 for the last block */
 	int64_t streak_next;	/* offset at which a false alarm extends the streak */
 	unsigned char *seen;	/* bit per hash of a weak sum in the table */
 	int seen_shift;
+	unsigned char buckets[1 << 13];	/* bit per (s1 + s2) & 0xFFFF of those sums */
 };
 
 RD_API int rd_abi_version(void)
@@ -146,6 +151,12 @@ static int seen(const unsigned char *bitmap, uint32_t index)
 	return bitmap[index >> 3] & (1u << (index & 7));
 }
 
+/* A second test, on other bits of the sum, before the binary search. */
+static uint32_t bucket_index(uint32_t sum)
+{
+	return ((sum & 0xFFFF) + (sum >> 16)) & 0xFFFF;
+}
+
 static int32_t block_len(const struct rd_search *st, int32_t i)
 {
 	return i == st->count - 1 ? st->lastlen : st->blength;
@@ -173,70 +184,48 @@ RD_API void rd_free(struct rd_search *st)
 	free(st);
 }
 
-struct rd_keyed {
-	uint32_t sum;
-	int32_t i;
-};
-
-static int by_sum_then_block(const void *a, const void *b)
+/* The slot of sum: where it is, or the free slot where it would go. The
+ * multiplier is random, so a receiver cannot choose sums that pile up in
+ * one run of slots; at most half the slots are used. */
+static uint32_t find_slot(const struct rd_search *st, uint32_t sum)
 {
-	const struct rd_keyed *x = a, *y = b;
+	uint32_t mask = 0xFFFFFFFFu >> st->slots_shift;
+	uint32_t slot = (sum * st->multiplier) >> st->slots_shift;
 
-	if (x->sum != y->sum)
-		return x->sum < y->sum ? -1 : 1;
-	return (x->i > y->i) - (x->i < y->i);
+	while (st->head[slot] != RD_FREE_SLOT && st->keys[slot] != sum)
+		slot = (slot + 1) & mask;
+	return slot;
 }
 
 /* Chains the blocks that share a weak sum, highest block first (the order
- * in which rsync tries them), under that sum in keys[]. Looking sums up by
- * binary search costs the same whatever sums the receiver chose. */
+ * in which rsync tries them), from that sum's slot. */
 static int build_chains(struct rd_search *st)
 {
-	int32_t n = st->chained, j;
-	size_t room = (size_t)(n ? n : 1);
-	struct rd_keyed *sorted = malloc(room * sizeof *sorted);
+	uint32_t bits = 1, slots, j;
+	int32_t i;
 
-	st->keys = malloc(room * sizeof *st->keys);
-	st->head = malloc(room * sizeof *st->head);
+	while (bits < 31 && ((uint64_t)1 << bits) < (uint64_t)st->chained * 2)
+		bits++;
+	slots = (uint32_t)1 << bits;
+	st->slots_shift = 32 - bits;
+	st->keys = malloc(slots * sizeof *st->keys);
+	st->head = malloc(slots * sizeof *st->head);
 	st->next = malloc((size_t)(st->count ? st->count : 1) * sizeof *st->next);
-	if (!sorted || !st->keys || !st->head || !st->next) {
-		free(sorted);
+	if (!st->keys || !st->head || !st->next)
 		return 0;
-	}
-	for (j = 0; j < n; j++) {
-		sorted[j].sum = st->sum1[j];
-		sorted[j].i = j;
-	}
-	qsort(sorted, (size_t)n, sizeof *sorted, by_sum_then_block);
-	st->nkeys = 0;
-	for (j = 0; j < n; j++) {
-		int32_t i = sorted[j].i;
+	for (j = 0; j < slots; j++)
+		st->head[j] = RD_FREE_SLOT;
+	for (i = 0; i < st->chained; i++) {
+		uint32_t slot = find_slot(st, st->sum1[i]);
 
-		if (j && sorted[j - 1].sum == sorted[j].sum) {
-			st->next[i] = st->head[st->nkeys - 1];
-		} else {
-			st->keys[st->nkeys++] = sorted[j].sum;
+		if (st->head[slot] == RD_FREE_SLOT) {
+			st->keys[slot] = st->sum1[i];
 			st->next[i] = -1;
-		}
-		st->head[st->nkeys - 1] = i;
+		} else
+			st->next[i] = st->head[slot];
+		st->head[slot] = i;
 	}
-	free(sorted);
 	return 1;
-}
-
-static int32_t find_key(const struct rd_search *st, uint32_t sum)
-{
-	int32_t lo = 0, hi = st->nkeys;
-
-	while (lo < hi) {
-		int32_t mid = lo + (hi - lo) / 2;
-
-		if (st->keys[mid] < sum)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return lo < st->nkeys && st->keys[lo] == sum ? lo : -1;
 }
 
 /* With inplace, a block that starts before offset and was not matched at
@@ -251,12 +240,13 @@ static int overwritten(const struct rd_search *st, int32_t i, int64_t offset)
  * Every block is blength long except the last, lastlen long. same_offset
  * has a byte per block, set by the caller when a block has been matched at
  * its own offset (it is only read, with inplace). The arrays must outlive
- * the search. Returns NULL when out of memory. */
+ * the search. hash_seed should be random. Returns NULL when out of memory. */
 RD_API struct rd_search *rd_new(const void *buf, int64_t len,
 				const uint32_t *sum1, const void *sum2, int32_t count,
 				int32_t blength, int32_t lastlen, int32_t s2length,
 				int inplace, unsigned char *same_offset,
-				int32_t max_chain_len, int32_t max_streak, int64_t flush)
+				int32_t max_chain_len, int32_t max_streak, int64_t flush,
+				uint32_t hash_seed)
 {
 	struct rd_search *st = calloc(1, sizeof *st);
 	int32_t i;
@@ -282,6 +272,7 @@ RD_API struct rd_search *rd_new(const void *buf, int64_t len,
 	st->chained = count > 0 && lastlen != blength ? count - 1 : count;
 	st->group = -1;
 	st->streak_next = -1;
+	st->multiplier = hash_seed | 1;
 
 	for (st->seen_shift = 32 - 15; st->seen_shift > 32 - 26; st->seen_shift--) {
 		if (((uint64_t)1 << (32 - st->seen_shift)) >= (uint64_t)count * 32)
@@ -295,6 +286,8 @@ RD_API struct rd_search *rd_new(const void *buf, int64_t len,
 	for (i = 0; i < count; i++) {
 		uint32_t bit = seen_index(sum1[i], st->seen_shift);
 		st->seen[bit >> 3] |= (unsigned char)(1u << (bit & 7));
+		bit = bucket_index(sum1[i]);
+		st->buckets[bit >> 3] |= (unsigned char)(1u << (bit & 7));
 	}
 	set_window(st, 0);
 	return st;
@@ -302,26 +295,29 @@ RD_API struct rd_search *rd_new(const void *buf, int64_t len,
 
 #if defined(__GNUC__)
 #define RD_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define RD_COLD __attribute__((noinline, cold))
 #else
 #define RD_UNLIKELY(x) (x)
+#define RD_COLD
 #endif
 
 /* Whether some block is to be compared at offset, whose window has weak
  * sum `sum` and length k: the chain of that sum for a full window, the
  * short last block for the final one. Notes which in st->group and drops
  * overwritten blocks from the head of the chain. */
-static int lookup(struct rd_search *st, uint32_t sum, int32_t k, int64_t offset)
+/* Kept out of rd_scan's loop, which then keeps its sums in registers. */
+static RD_COLD int lookup(struct rd_search *st, uint32_t sum, int32_t k, int64_t offset)
 {
+	if (!seen(st->buckets, bucket_index(sum)))
+		return 0;
 	if (k == st->blength) {
-		int32_t key = find_key(st, sum), i;
-		int32_t *link;
+		uint32_t slot = find_slot(st, sum);
+		int32_t *link = &st->head[slot];
+		int32_t i;
 
-		if (key < 0)
-			return 0;
-		link = &st->head[key];
 		while ((i = *link) >= 0 && overwritten(st, i, offset))
 			*link = st->next[i];
-		st->group = key;
+		st->group = (int32_t)slot;
 		return i >= 0;
 	}
 	if (st->chained < st->count && k == st->lastlen && sum == st->sum1[st->count - 1]
