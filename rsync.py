@@ -16,7 +16,6 @@ import array
 import errno
 import grp
 import hashlib
-import mmap
 import os
 import pwd
 import queue
@@ -2733,7 +2732,8 @@ class Sender:
         table = rsync_delta.BlockTable(sum1s, sum2s, blength, remainder, s2length)
         h = sess.checksums.file_hasher()
         strong = sess.checksums.strong
-        mm = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+        safe = rsync_delta.SafeMap(fd, size)
+        mm = safe.buf
         mv = memoryview(mm)
         tokens = rsync_delta.match(table, mm, size, strong, updating_basis)
         try:
@@ -2774,12 +2774,13 @@ class Sender:
             h.update(mv[hashed:size])
         finally:
             tokens.close()
-            parts = piece = None
+            parts = piece = mm = None
             mv.release()
-            mm.close()
+            truncated = safe.truncated
+            safe.close()
         self._end_tokens()
         sess.out.write(h.digest())
-        return None
+        return "file changed size while being read" if truncated else None
 
 
 def write_stats(sess):
@@ -3514,19 +3515,18 @@ class Receiver:
                 return
             blength, s2length, count, remainder = sum_sizes_sqroot(
                 size, sess.protocol, sess.checksums.xfer_len, self.opts.block_size, full_sums)
-            mm = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
-            try:
-                mv = memoryview(mm)
-                sum1s = rsync_delta.block_checksum1s(mm, blength)
-                strong = sess.checksums.strong
-                parts = []
-                pack = struct.Struct("<I").pack
-                for i in range(count):
-                    parts.append(pack(sum1s[i]))
-                    parts.append(strong(mv[i * blength:(i + 1) * blength])[:s2length])
-                mv.release()
-            finally:
-                mm.close()
+            with rsync_delta.SafeMap(fd, size) as safe:
+                mv = memoryview(safe.buf)
+                try:
+                    sum1s = rsync_delta.block_checksum1s(safe.buf, blength)
+                    strong = sess.checksums.strong
+                    parts = []
+                    pack = struct.Struct("<I").pack
+                    for i in range(count):
+                        parts.append(pack(sum1s[i]))
+                        parts.append(strong(mv[i * blength:(i + 1) * blength])[:s2length])
+                finally:
+                    mv.release()
         finally:
             os.close(fd)
         self._send_request(e.ndx, iflags, (count, blength, s2length, remainder), parts)
@@ -3948,7 +3948,7 @@ class Receiver:
                         basis_fd = os.open(leaf, os.O_RDONLY | O_NOFOLLOW, dir_fd=dfd)
                         bsize = os.fstat(basis_fd).st_size
                         if bsize:
-                            basis_mm = mmap.mmap(basis_fd, bsize, access=mmap.ACCESS_READ)
+                            basis_mm = rsync_delta.SafeMap(basis_fd, bsize)
                     except OSError:
                         basis_mm = None
                 if opts.inplace:
@@ -3966,7 +3966,7 @@ class Receiver:
                 tmp = None
                 failed = 'rsync: [receiver] mkstemp "%s" failed: %s' % (_show(name), _errtext(err))
             offset = 0
-            bview = memoryview(basis_mm) if basis_mm is not None else None
+            bview = memoryview(basis_mm.buf) if basis_mm is not None else None
             chunk = None
             batch = _WriteBatch(fd, inp.src) if failed is None and not opts.inplace else None
             zipped = self.tokens

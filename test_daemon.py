@@ -208,3 +208,29 @@ def test_socket_activation(tmp_path, rsync_bin):
         assert sorted(os.listdir(tmp_path / "dst")) == ["a", "locked", "vanish", "z"]
     finally:
         stop(p)
+
+
+def test_file_shrinking_while_mapped_does_not_kill_the_daemon(inproc, tmp_path, rsync_bin, monkeypatch):
+    """A file truncated while the delta search reads it: the read sees zeros
+    instead of a SIGBUS, the client is told (exit 23), the daemon serves on."""
+    import rsync_delta
+    mod = tmp_path / "mod"
+    mod.mkdir()
+    data = os.urandom(3 << 20)
+    (mod / "big").write_bytes(data)
+    stale = tmp_path / "stale"
+    stale.write_bytes(data[:-5000] + os.urandom(5000))
+    srv = inproc({"m": str(mod)})
+    real_match = rsync_delta.match
+
+    def shrinking(table, buf, length, strong, inplace=False):
+        os.truncate(mod / "big", 4096)
+        return real_match(table, buf, length, strong, inplace)
+    monkeypatch.setattr(rsync_delta, "match", shrinking)
+    p = run([rsync_bin, "-a", "--no-whole-file", "-I", srv.url + "/m/big", str(stale)], check=False)
+    assert p.returncode == 23, p.stderr
+    assert b"changed size" in p.stderr
+    monkeypatch.setattr(rsync_delta, "match", real_match)
+    (mod / "small").write_text("still here")
+    run([rsync_bin, "-a", srv.url + "/m/small", str(tmp_path / "small")])
+    assert (tmp_path / "small").read_text() == "still here"

@@ -185,7 +185,7 @@ def test_acl_denies(tmp_path, our_daemon_factory, rsync_bin, src_tree):
     assert open(tmp_path / "y", "rb").read() == b"foo\n"
 
 
-@pytest.mark.parametrize("flag", ["-z", "-A", "--remove-source-files"])
+@pytest.mark.parametrize("flag", ["-X", "-A", "--remove-source-files"])
 def test_refused_option(daemons, tmp_path, rsync_bin, flag):
     """Options we do not implement are refused with stock rsyncd's code 4 and
     a message naming them, never ignored."""
