@@ -50,7 +50,7 @@ LONG = {
     "force": ("force", "flag"), "exclude": ("filter", "rule", "- "), "include": ("filter", "rule", "+ "),
     "filter": ("filter", "rule", ""), "exclude-from": ("filter", "from", "- "),
     "include-from": ("filter", "from", "+ "), "partial": ("partial", "flag"),
-    "partial-dir": ("partial_dir", "value"), "inplace": ("inplace", "flag"),
+    "inplace": ("inplace", "flag"),
     "timeout": ("timeout", "int"), "contimeout": ("contimeout", "int"), "port": ("port", "int"),
     "protocol": ("protocol", "int"), "checksum-choice": ("checksum_choice", "value"),
     "cc": ("checksum_choice", "value"), "password-file": ("password_file", "value"),
@@ -85,7 +85,7 @@ NEGATABLE = {"recursive", "links", "perms", "times", "owner", "group", "devices"
              "g", "v", "x", "i", "itemize-changes"}
 
 # Options rsync has that this client does not implement: refused by name.
-UNSUPPORTED = {"relative", "copy-links", "copy-dirlinks", "keep-dirlinks", "prune-empty-dirs",
+UNSUPPORTED = {"relative", "partial-dir", "copy-links", "copy-dirlinks", "keep-dirlinks", "prune-empty-dirs",
                "acls", "xattrs", "temp-dir", "fuzzy", "backup", "backup-dir", "suffix",
                "secluded-args", "protect-args", "from0", "files-from", "remote-option",
                "crtimes", "atimes", "link-dest", "copy-dest", "compare-dest", "chmod", "chown",
@@ -237,6 +237,8 @@ def parse_args(argv):
         o.partial = o.progress = True
     if o.delete_excluded or o.delete_mode:
         o.delete = True
+    if o.bwlimit:
+        o.bwlimit = rsync.parse_size(str(o.bwlimit), "K")
     if o.compress_choice or o.compress_level is not None:
         o.compress = o.compress or (1 if (o.compress_choice or "").lower() != "none" else 0)
     if o.compress > 1 and not o.compress_choice:
@@ -418,7 +420,7 @@ class Output:
 
     def event(self, receiver, kind, e, iflags, extra):
         opts = self.opts
-        if kind == "error":
+        if kind in ("error", "warning"):
             if extra:
                 self.error(extra)
             return
@@ -633,7 +635,7 @@ def server_args(opts, sender_side=True):
     if opts.safe_links:
         args.append("--safe-links")
     if opts.bwlimit:
-        args.append("--bwlimit=%s" % opts.bwlimit)
+        args.append("--bwlimit=%d" % max(1, opts.bwlimit // 1024))
     if not sender_side:
         if opts.itemize:
             args.append("--log-format=%i%I" if opts.itemize > 1 else "--log-format=%i")
@@ -1032,6 +1034,8 @@ def summary(opts, out, sess, start, created, del_stats, local_io_error):
         return rsync.RERR_PARTIAL
     if io_error & rsync.IOERR_VANISHED:
         return rsync.RERR_VANISHED
+    if io_error & rsync.IOERR_DEL_LIMIT:
+        return rsync.RERR_DEL_LIMIT
     return 0
 
 

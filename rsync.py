@@ -699,13 +699,29 @@ class Out:
         self.buf = bytearray()
         self.multiplexed = False
         self.total = 0
+        self.bwlimit = 0
+        self._bw_start = None
         self.prev_positive = -1
         self.prev_negative = 1
         self.lock = threading.RLock()
 
     def _send(self, parts):
-        self.total += sum(len(p) for p in parts)
+        n = sum(len(p) for p in parts)
+        self.total += n
         self.transport.sendv(parts)
+        if self.bwlimit:
+            self._throttle(n)
+
+    def _throttle(self, n):
+        """--bwlimit: sleeps so that what was sent averages at most
+        `bwlimit` bytes per second."""
+        now = time.monotonic()
+        if self._bw_start is None:
+            self._bw_start, self._bw_sent = now, 0
+        self._bw_sent += n
+        ahead = self._bw_sent / self.bwlimit - (now - self._bw_start)
+        if ahead > 0.01:
+            time.sleep(ahead)
 
     def _frame(self, tag, length):
         return struct.pack("<I", ((MPLEX_BASE + tag) << 24) | length)
@@ -1669,6 +1685,7 @@ SERVER_LETTERS = {
 UNSUPPORTED_LETTERS = {
     "A": "--acls", "X": "--xattrs", "U": "--atimes", "N": "--crtimes", "s": "--protect-args",
     "b": "--backup", "y": "--fuzzy", "L": "--copy-links", "k": "--copy-dirlinks",
+    "K": "--keep-dirlinks", "R": "--relative", "m": "--prune-empty-dirs",
 }
 
 # Long options: name -> (attribute, kind) with kind "flag", "int", "str", "noflag".
@@ -1694,7 +1711,6 @@ SERVER_LONG = {
     "existing": ("existing", "flag"), "ignore-existing": ("ignore_existing", "flag"),
     "min-size": ("min_size", "str"), "max-size": ("max_size", "str"),
     "stats": ("stats", "flag"), "partial": ("partial", "flag"),
-    "partial-dir": ("partial_dir", "str"), "delay-updates": ("delay_updates", "flag"),
     "super": ("super", "flag"), "block-size": ("block_size", "int"),
     "protocol": ("protocol", "int"),
     "compress-choice": ("compress_choice", "str"), "compress-level": ("compress_level", "int"),
@@ -1854,6 +1870,7 @@ class Session:
         self.am_server = am_server
         self.am_sender = am_sender
         self.out = Out(transport)
+        self.out.bwlimit = getattr(opts, "bwlimit", 0) or 0
         self.raw = raw or RawIn(transport)
         self.raw.before_block = self.out.flush
         self.inp = In(self.raw)
@@ -3164,6 +3181,8 @@ class Receiver:
         self.leaders = {}
         self.followers = []
         self.del_stats = [0, 0, 0, 0, 0]
+        self.deleted_count = 0
+        self.skipped_deletes = 0
         self.am_root = os.geteuid() == 0
         self.tokens = None
         if sess.compression:
@@ -3396,6 +3415,10 @@ class Receiver:
                 if self._next_msg()[0] == "done":
                     dones += 1
         self._touch_up_dirs()
+        if self.skipped_deletes:
+            self.out("warning", None, 0, "Deletions stopped due to --max-delete limit (%d skipped)"
+                     % self.skipped_deletes)
+            self.io_error |= IOERR_DEL_LIMIT
         out.ndx(NDX_DONE)
         out.flush()
 
@@ -3572,6 +3595,9 @@ class Receiver:
     def _gen_symlink(self, e, name, st):
         opts = self.opts
         target = e.link or b""
+        if opts.safe_links and unsafe_symlink(target, e.name):
+            self.out("skip", e, 0, "ignoring unsafe symlink \"%s\" -> \"%s\"" % (_show(e.name), _show(target)))
+            return
         if st is not None and stat.S_ISLNK(st.st_mode):
             parent, leaf = self.tree.split(name)
             try:
@@ -3789,6 +3815,11 @@ class Receiver:
                     self._delete_entry(sub, child, rel + b"/" + child, cst)
             finally:
                 os.close(sub)
+        limit = self.opts.max_delete
+        if limit is not None and (limit <= 0 or self.deleted_count >= limit):
+            self.skipped_deletes += 1
+            return
+        self.deleted_count += 1
         kind = 1 if stat.S_ISDIR(st.st_mode) else 2 if stat.S_ISLNK(st.st_mode) else \
             3 if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else \
             4 if stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode) else 0
@@ -3968,7 +3999,8 @@ class Receiver:
             offset = 0
             bview = memoryview(basis_mm.buf) if basis_mm is not None else None
             chunk = None
-            batch = _WriteBatch(fd, inp.src) if failed is None and not opts.inplace else None
+            sparse = opts.sparse and not opts.inplace
+            batch = _WriteBatch(fd, inp.src) if failed is None and not opts.inplace and not sparse else None
             zipped = self.tokens
             if zipped is not None:
                 zipped.begin_file(max_block=count)
@@ -4007,6 +4039,8 @@ class Receiver:
                                     batch.add(data)
                                 elif opts.inplace:
                                     os.pwrite(fd, data, offset)
+                                elif sparse:
+                                    _write_sparse(fd, data)
                                 else:
                                     _write_out(fd, data)
                             offset += len(data)
@@ -4036,6 +4070,8 @@ class Receiver:
                         elif opts.inplace:
                             if start != offset:
                                 os.pwrite(fd, chunk, offset)
+                        elif sparse:
+                            _write_sparse(fd, chunk)
                         else:
                             _write_out(fd, chunk)
                         offset += blen
@@ -4054,7 +4090,7 @@ class Receiver:
             if failed is not None:
                 self.warn(failed)
                 return
-            if opts.inplace:
+            if opts.inplace or sparse:
                 os.ftruncate(fd, offset)
             if digest != h.digest():
                 if redoing:
@@ -4085,6 +4121,36 @@ class Receiver:
                         os.unlink(tmp, dir_fd=dfd)
                 except OSError:
                     pass
+
+
+def unsafe_symlink(target, name):
+    """unsafe_symlink: an absolute target, or one whose ".." climb above the
+    top of the transfer from where the link sits."""
+    if not target or target.startswith(b"/"):
+        return True
+    depth = name.count(b"/")
+    for part in target.split(b"/"):
+        if part == b"..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part not in (b"", b"."):
+            depth += 1
+    return False
+
+
+_ZEROS = bytes(1 << 16)
+
+
+def _write_sparse(fd, data):
+    """--sparse: runs of zeros become holes (a seek) instead of writes."""
+    mv = memoryview(data)
+    for i in range(0, len(mv), len(_ZEROS)):
+        piece = mv[i:i + len(_ZEROS)]
+        if piece == _ZEROS[:len(piece)]:
+            os.lseek(fd, len(piece), os.SEEK_CUR)
+        else:
+            _write_out(fd, piece)
 
 
 def _write_out(fd, data):
@@ -4263,6 +4329,9 @@ def serve_receiver(sess, paths, root, confined, filters, log, daemon_filters=Non
         if kind == "error":
             log(extra)
             sess.send_text(MSG_ERROR_XFER, extra)
+        elif kind == "warning":
+            log(extra)
+            sess.send_text(MSG_WARNING, extra)
         elif kind == "delete" and p >= 29:
             name = extra[:-1] + b"\0" if extra.endswith(b"/") else extra
             sess.out.msg(MSG_DELETED, name[:MAX_PATH])
@@ -4280,6 +4349,8 @@ def serve_receiver(sess, paths, root, confined, filters, log, daemon_filters=Non
     log("received %d files, %d bytes of data" % (sess.stats.xferred_files,
                                                   sess.stats.literal_data + sess.stats.matched_data))
     code = 0
+    if receiver.io_error & IOERR_DEL_LIMIT:
+        code = RERR_DEL_LIMIT
     if receiver.io_error & IOERR_GENERAL:
         code = RERR_PARTIAL
     return code

@@ -280,8 +280,9 @@ def test_parse_server_args():
     assert o.hard_links and o.numeric_ids and o.checksum_choice == "xxh3" and o.timeout == 30
     assert o.block_size == 2048 and o.client_info == ".iLsfxCIvu" and not o.refused
     assert paths == [".", "m/a", "m/b"]
-    o, _ = rsync.parse_server_args(["--server", "--sender", "-lAz", "--files-from=-", "--frob", "."])
-    assert o.refused == ["-A (--acls)", "-z (--compress)", "--files-from", "--frob"]
+    o, _ = rsync.parse_server_args(["--server", "--sender", "-lAzK", "--files-from=-", "--frob", "."])
+    assert o.refused == ["-A (--acls)", "-K (--keep-dirlinks)", "--files-from", "--frob"]
+    assert o.compress
 
 
 def test_checksums_follow_rsync_seed_rules():

@@ -334,3 +334,48 @@ def test_hostile_bad_tokens_leave_old_file(writable, rsync_bin, tmp_path):
         hostile_push(writable, [dot(), fentry(b"victim", size=3)], answer)
         assert (writable.mod / "victim").read_bytes() == b"old content\n"
         assert sorted(os.listdir(writable.mod)) == ["victim"]
+
+
+def test_max_delete_safe_links_sparse_bwlimit(stock_writable, writable, src_tree, tmp_path, rsync_bin):
+    """Options whose effect is on the receiving side, both when we receive
+    (pull) and when our daemon does (push), compared with stock rsync."""
+    from conftest import StockDaemon
+    src = tmp_path / "s"
+    src.mkdir()
+    for i in range(5):
+        (src / ("f%d" % i)).write_text("x")
+    os.symlink("/etc/passwd", src / "abs")
+    os.symlink("../../up", src / "up")
+    os.symlink("f1", src / "fine")
+    with open(src / "holes", "wb") as f:
+        f.write(b"data")
+        f.seek(8 << 20)
+        f.write(b"end")
+    for dst_url, dst_dir in ((writable.url + "/w/", writable.mod), (stock_writable.url + "/w/", stock_writable.mod)):
+        run([rsync_bin, "-a", str(src) + "/", dst_url])
+        for i in range(5):
+            (dst_dir / ("extra%d" % i)).write_text("y")
+        p = run([rsync_bin, "-a", "--delete", "--max-delete=2", str(src) + "/", dst_url], check=False)
+        assert p.returncode == 0 and b"Deletions stopped due to --max-delete limit (3 skipped)" in p.stderr
+        assert len([n for n in os.listdir(dst_dir) if n.startswith("extra")]) == 3
+        p = run([rsync_bin, "-a", "--safe-links", "--sparse", "--delete", str(src) + "/", dst_url + "sub/"])
+        sub = dst_dir / "sub"
+        assert sorted(os.listdir(sub)) == ["f0", "f1", "f2", "f3", "f4", "fine", "holes"]
+        assert os.stat(sub / "holes").st_blocks * 512 < (1 << 20)
+        assert (sub / "holes").read_bytes() == (src / "holes").read_bytes()
+    dst = tmp_path / "pulled"
+    ours("-a", "--safe-links", "--sparse", stock_writable.url + "/w/sub/", str(dst) + "/")
+    assert sorted(os.listdir(dst)) == ["f0", "f1", "f2", "f3", "f4", "fine", "holes"]
+    assert os.stat(dst / "holes").st_blocks * 512 < (1 << 20)
+    for i in range(3):
+        (dst / ("extra%d" % i)).write_text("y")
+    p = ours("-a", "--delete", "--max-delete=1", stock_writable.url + "/w/sub/", str(dst) + "/", check=False)
+    assert p.returncode == 25 and b"--max-delete" in p.stderr
+    assert len([n for n in os.listdir(dst) if n.startswith("extra")]) == 2
+    import time
+    big = tmp_path / "bw"
+    big.write_bytes(os.urandom(600 << 10))
+    t = time.monotonic()
+    ours("--bwlimit=200", str(big), writable.url + "/w/bw")
+    assert time.monotonic() - t >= 1.5
+    assert (writable.mod / "bw").read_bytes() == big.read_bytes()
