@@ -663,8 +663,10 @@ def _prepare_for_chroot():
     time.strftime("%Y")
 
 
-def confine(cfg, opts, log=lambda msg: None):
-    """The jail (root on Linux), or refusing writable modules (not root)."""
+def confine(cfg, opts, log=lambda msg: None, sshs=()):
+    """The jail (root on Linux), or refusing writable modules (not root).
+    SSH listeners' authorized_keys files are bound into the jail, since
+    they are read again for every connection."""
     mods = list(cfg.modules.values())
     if rsync_jail.can_jail():
         for m in mods:
@@ -678,9 +680,14 @@ def confine(cfg, opts, log=lambda msg: None):
         uid, gid = rsync_jail.lookup_user(user)
         if cfg.group:
             gid = rsync_jail.lookup_group(cfg.group)
-        inside = rsync_jail.enter([(m.name, m.path, m.writable) for m in mods], prepare=_prepare_for_chroot)
+        keyfiles = [s.authorized_keys for s in sshs if s.authorized_keys]
+        inside = rsync_jail.enter([(m.name, m.path, m.writable) for m in mods], prepare=_prepare_for_chroot,
+                                  files=keyfiles)
         for m in mods:
             m.path = inside[m.name]
+        for s in sshs:
+            if s.authorized_keys:
+                s.authorized_keys = inside[s.authorized_keys]
         if uid != 0:
             rsync_jail.drop_privileges(uid, gid)
         log("confined to %d module(s), running as %s (uid %d)" % (len(mods), user, os.geteuid()))
@@ -788,7 +795,7 @@ def main(argv=None):
         elif cfg.pid_file:
             with open(cfg.pid_file, "w") as f:
                 f.write("%d\n" % os.getpid())
-        confine(cfg, opts, log)
+        confine(cfg, opts, log, sshs)
         for srv in servers:
             log("gokr-rsyncd %s listening on %s:%d, modules: %s" % (
                 rsync.VERSION, srv.server_address[0], srv.server_address[1], ", ".join(cfg.modules)))

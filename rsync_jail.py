@@ -66,10 +66,11 @@ def can_jail():
     return sys.platform.startswith("linux") and os.geteuid() == 0
 
 
-def enter(modules, prepare=None):
+def enter(modules, prepare=None, files=()):
     """Private mount namespace, a tmpfs root with each module bound in at
-    /modules/NAME (read-only unless writable), chroot into it. `modules` is a
-    list of (name, path, writable); returns {name: path inside the jail}.
+    /modules/NAME (read-only unless writable) and each of `files` read-only
+    at /files/N, chroot into it. `modules` is a list of (name, path,
+    writable); returns {name or file path: path inside the jail}.
     `prepare()` runs just before the chroot, to load anything the process
     will need later from the old root."""
     lib = _libc()
@@ -88,6 +89,15 @@ def enter(modules, prepare=None):
         if not writable:
             flags |= MS_RDONLY
         _mount(lib, None, target, None, flags)
+    for i, path in enumerate(files):
+        real = os.path.realpath(path)
+        os.makedirs(os.path.join(newroot, "files"), exist_ok=True)
+        target = os.path.join(newroot, "files", str(i))
+        open(target, "w").close()
+        _mount(lib, real, target, None, MS_BIND)
+        _mount(lib, None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV
+               | _kept_flags(real))
+        inside[path] = "/files/%d" % i
     _mount(lib, None, newroot, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
            "mode=0755,size=1m")
     if prepare is not None:

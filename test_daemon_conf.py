@@ -201,3 +201,55 @@ def test_anonymous_ssh_listener_through_the_daemon(src_tree, tmp_path, rsync_bin
         assert os.stat(tmp_path / "hostkey").st_mode & 0o777 == 0o600
     finally:
         stop(p)
+
+
+def test_stock_client_setups_3_and_4_over_ssh(sshd, src_tree, tmp_path, rsync_bin):
+    """Setup 3: rsync --rsync-path=gokr-rsyncd host:/path (SSH command mode);
+    setup 4: rsync -e ssh --rsync-path=gokr-rsyncd rsync://host/module (daemon
+    over SSH, reading the TOML config). Both at rsync's default protocol."""
+    src = snapshot(src_tree)
+    dst3 = tmp_path / "setup3"
+    run([rsync_bin, "-aH", "-e", sshd.rsh, "--rsync-path=%s" % " ".join(daemon_cmd()),
+         "root@127.0.0.1:%s/" % src_tree, str(dst3) + "/"])
+    assert snapshot(str(dst3)) == src
+    cfg = tmp_path / "gokr.toml"
+    cfg.write_text('[[module]]\nname = "m"\npath = "%s"\n' % src_tree)
+    dst4 = tmp_path / "setup4"
+    run([rsync_bin, "-aH", "-e", sshd.rsh, "--rsync-path=%s --gokr.config=%s" % (" ".join(daemon_cmd()), cfg),
+         "rsync://root@127.0.0.1/m/", str(dst4) + "/"])
+    assert snapshot(str(dst4)) == src
+    r = run([rsync_bin, "-a", "-e", sshd.rsh, "--rsync-path=%s --gokr.config=%s" % (" ".join(daemon_cmd()), cfg),
+             str(tmp_path / "setup4") + "/", "rsync://root@127.0.0.1/m/"], check=False)
+    assert r.returncode == 1 and b"read only" in r.stderr
+
+
+def test_authorized_ssh_listener_from_toml(sshd, src_tree, tmp_path, rsync_bin):
+    import subprocess as sp
+    other = tmp_path / "otherkey"
+    sp.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    keys = tmp_path / "authorized_keys"
+    keys.write_text(open(sshd.clientkey + ".pub").read())
+    sshport = free_port()
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[daemon]\nhostkey = "%s"\n[[listener]]\nauthorized_ssh = { address = "127.0.0.1:%d", '
+                   'authorized_keys = "%s" }\n[[module]]\nname = "m"\npath = "%s"\n'
+                   % (tmp_path / "hk", sshport, keys, src_tree))
+    log = tmp_path / "d.log"
+    p = subprocess.Popen(daemon_cmd() + ["--daemon", "--gokr.config=%s" % cfg]
+                         + (["--gokr.user=root"] if IS_ROOT else ["--gokr.insecure_writable_modules"]),
+                         stderr=open(log, "w"))
+    try:
+        deadline = time.monotonic() + 20
+        while "serving SSH" not in log.read_text():
+            assert p.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        base = ("ssh -p %d -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR "
+                "-o BatchMode=yes -o IdentitiesOnly=yes -i " % sshport)
+        ok = run([rsync_bin, "-a", "-e", base + sshd.clientkey, "rsync://127.0.0.1/m/foo.txt",
+                  str(tmp_path / "ok")])
+        assert ok.returncode == 0 and (tmp_path / "ok").read_text() == "foo\n"
+        bad = run([rsync_bin, "-a", "-e", base + str(other), "rsync://127.0.0.1/m/foo.txt", str(tmp_path / "bad")],
+                  check=False)
+        assert bad.returncode != 0 and not (tmp_path / "bad").exists()
+    finally:
+        stop(p)
