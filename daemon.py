@@ -648,12 +648,12 @@ def activation_sockets():
     return socks
 
 
-def _prepare_for_chroot():
+def _prepare_for_chroot(ssh=False):
     """Loads now what serving needs later from the file system we leave."""
     __import__("encodings.idna")
     import rsync_delta
     rsync_delta.checksum1(b"x")
-    for name in ("rsync_compress", "rsync_conf", "rsync_md4", "rsync_sshd", "paramiko"):
+    for name in ("rsync_compress", "rsync_conf", "rsync_md4") + (("rsync_sshd", "paramiko") if ssh else ()):
         try:
             __import__(name)
         except ImportError:
@@ -681,8 +681,8 @@ def confine(cfg, opts, log=lambda msg: None, sshs=()):
         if cfg.group:
             gid = rsync_jail.lookup_group(cfg.group)
         keyfiles = [s.authorized_keys for s in sshs if s.authorized_keys]
-        inside = rsync_jail.enter([(m.name, m.path, m.writable) for m in mods], prepare=_prepare_for_chroot,
-                                  files=keyfiles)
+        inside = rsync_jail.enter([(m.name, m.path, m.writable) for m in mods],
+                                  prepare=lambda: _prepare_for_chroot(bool(sshs)), files=keyfiles)
         for m in mods:
             m.path = inside[m.name]
         for s in sshs:

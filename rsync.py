@@ -14,6 +14,7 @@ up in rsync's own sources.
 
 import array
 import errno
+import mmap
 import grp
 import hashlib
 import os
@@ -2755,6 +2756,7 @@ class Sender:
         tokens = rsync_delta.match(table, mm, size, strong, updating_basis)
         try:
             hashed = 0
+            dropped = 0
             parts = []
             pending = 0
             st = sess.stats
@@ -2782,6 +2784,8 @@ class Sender:
                 if end - hashed >= self.BATCH:
                     h.update(mv[hashed:end])
                     hashed = end
+                    if hashed - dropped >= DROP_EVERY:
+                        dropped = _drop_pages(mm, dropped, hashed - (1 << 20))
                 if pending >= self.BATCH or len(parts) >= 512:
                     sess.out.write_parts(parts)
                     parts = []
@@ -3523,7 +3527,8 @@ class Receiver:
             os.close(fd)
 
     def _send_sums(self, e, name, st, iflags, full_sums):
-        """generate_and_send_sums over the local copy, mapped read-only."""
+        """generate_and_send_sums over the local copy, mapped read-only and
+        summed a window at a time, so its pages do not pile up in memory."""
         sess = self.sess
         parent, leaf = self.tree.split(name)
         try:
@@ -3538,17 +3543,24 @@ class Receiver:
                 return
             blength, s2length, count, remainder = sum_sizes_sqroot(
                 size, sess.protocol, sess.checksums.xfer_len, self.opts.block_size, full_sums)
+            strong = sess.checksums.strong
+            pack = struct.Struct("<I").pack
+            parts = []
+            step = max(1, DROP_EVERY // blength) * blength
             with rsync_delta.SafeMap(fd, size) as safe:
                 mv = memoryview(safe.buf)
+                window = None
                 try:
-                    sum1s = rsync_delta.block_checksum1s(safe.buf, blength)
-                    strong = sess.checksums.strong
-                    parts = []
-                    pack = struct.Struct("<I").pack
-                    for i in range(count):
-                        parts.append(pack(sum1s[i]))
-                        parts.append(strong(mv[i * blength:(i + 1) * blength])[:s2length])
+                    for start in range(0, size, step):
+                        window = mv[start:start + step]
+                        sum1s = rsync_delta.block_checksum1s(window, blength)
+                        for i in range(len(sum1s)):
+                            parts.append(pack(sum1s[i]))
+                            parts.append(strong(window[i * blength:(i + 1) * blength])[:s2length])
+                        window = None
+                        _drop_pages(safe.buf, start, start + step)
                 finally:
+                    window = None
                     mv.release()
         finally:
             os.close(fd)
@@ -3997,6 +4009,7 @@ class Receiver:
                 tmp = None
                 failed = 'rsync: [receiver] mkstemp "%s" failed: %s' % (_show(name), _errtext(err))
             offset = 0
+            copied = 0
             bview = memoryview(basis_mm.buf) if basis_mm is not None else None
             chunk = None
             sparse = opts.sparse and not opts.inplace
@@ -4063,6 +4076,10 @@ class Receiver:
                             raise ProtocolError("the basis file changed during the transfer", RERR_FILEIO)
                         chunk = bview[start:start + blen]
                         h.update(chunk)
+                        copied += blen
+                        if copied >= DROP_EVERY:
+                            copied = 0
+                            _drop_pages(basis_mm.buf, 0, len(bview))
                         if zipped is not None:
                             zipped.block_data(chunk)
                         if batch is not None:
@@ -4137,6 +4154,25 @@ def unsafe_symlink(target, name):
         elif part not in (b"", b"."):
             depth += 1
     return False
+
+
+DROP_EVERY = 32 << 20
+
+
+def _drop_pages(buf, start, end):
+    """Gives back the mapped pages of [start, end) (they stay in the page
+    cache and fault in again if read), so resident memory does not grow
+    with the size of the file. Returns the new low-water mark."""
+    madvise = getattr(buf, "madvise", None)
+    page = mmap.PAGESIZE
+    start -= start % page
+    end -= end % page
+    if madvise is not None and end > start:
+        try:
+            madvise(mmap.MADV_DONTNEED, start, end - start)
+        except (OSError, ValueError):
+            pass
+    return max(start, end)
 
 
 _ZEROS = bytes(1 << 16)
