@@ -314,6 +314,11 @@ class PipeTransport(Transport):
         self.fd_in = fd_in
         self.fd_out = fd_out
         self.timeout = timeout
+        for fd in (fd_in, fd_out):
+            try:
+                os.set_blocking(fd, True)
+            except OSError:
+                pass
 
     def set_timeout(self, timeout):
         self.timeout = timeout
@@ -782,9 +787,14 @@ class Out:
 
     def write_parts(self, parts):
         """Many small and large buffers as one MSG_DATA frame (or a few),
-        handed to the transport in a single call when possible."""
+        handed to the transport in a single call when possible; small ones
+        join the buffer (copied), so many small files share a frame."""
         with self.lock:
             total = sum(len(p) for p in parts)
+            if total + len(self.buf) < self.FLUSH_AT:
+                for p in parts:
+                    self.buf += p
+                return
             if not self.multiplexed:
                 pending, self.buf = self.buf, bytearray()
                 self._send([pending] + parts if pending else parts)
@@ -2567,6 +2577,7 @@ class Sender:
         self.out = out or (lambda kind, e, iflags, extra: None)
         self.progress = progress
         self.inplace = sess.opts.inplace
+        self._buf = None
         self.tokens = None
         if sess.compression:
             self.tokens = _compress().TokenWriter(sess.compression, sess.out.write,
@@ -2700,7 +2711,9 @@ class Sender:
         A file that shrank while read is padded with zeros, as rsync does."""
         sess = self.sess
         h = sess.checksums.file_hasher()
-        buf = bytearray(self.BATCH)
+        if self._buf is None:
+            self._buf = bytearray(self.BATCH)
+        buf = self._buf
         mv = memoryview(buf)
         left = size
         short = None

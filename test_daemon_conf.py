@@ -253,3 +253,19 @@ def test_authorized_ssh_listener_from_toml(sshd, src_tree, tmp_path, rsync_bin):
         assert bad.returncode != 0 and not (tmp_path / "bad").exists()
     finally:
         stop(p)
+
+
+def test_remote_shell_over_a_nonblocking_socketpair(src_tree, tmp_path, rsync_bin):
+    """rsync hands a remote shell a socketpair it may have made non-blocking;
+    our server must cope (it used to stop with EAGAIN half-way)."""
+    shell = tmp_path / "localshell"
+    shell.write_text('#!/bin/sh\nshift\neval exec "$@"\n')
+    shell.chmod(0o755)
+    dst = tmp_path / "d"
+    run([rsync_bin, "-aH", "-e", str(shell), "--rsync-path=%s" % " ".join(daemon_cmd()),
+         "x:%s/" % src_tree, str(dst) + "/"])
+    assert snapshot(str(dst)) == snapshot(src_tree)
+    back = tmp_path / "back"
+    run([rsync_bin, "-aH", "-e", str(shell), "--rsync-path=%s" % " ".join(daemon_cmd()),
+         src_tree + "/", "x:%s/" % back])
+    assert snapshot(str(back)) == snapshot(src_tree)
