@@ -17,6 +17,7 @@ import sys
 import time
 
 import rsync
+import rsync_receiver
 
 PROG = "gokr-rsync"
 
@@ -903,7 +904,7 @@ class Pull:
         if opts.verbose and not opts.quiet and (opts.recurse or opts.dirs):
             out.write("receiving file list ... ")
             out.needs_newline = True
-        entries, unsorted, users, groups = rsync.recv_file_list(sess, self.check_requested)
+        entries, unsorted, users, groups = rsync_receiver.recv_file_list(sess, self.check_requested)
         if opts.verbose and not opts.quiet and (opts.recurse or opts.dirs):
             out.needs_newline = False
             out.write("done\n")
@@ -917,10 +918,10 @@ class Pull:
                 out.info("created directory %s" % os.fsdecode(path))
         cwd = os.open(".", rsync.O_DIR)
         try:
-            destfd, local_name = rsync.open_destination(cwd, self.dest, entries, False, created)
+            destfd, local_name = rsync_receiver.open_destination(cwd, self.dest, entries, False, created)
         finally:
             os.close(cwd)
-        receiver = rsync.Receiver(sess, entries, unsorted, destfd, local_name, self.filters,
+        receiver = rsync_receiver.Receiver(sess, entries, unsorted, destfd, local_name, self.filters,
                                   out=lambda kind, e, iflags, extra: out.event(receiver, kind, e, iflags, extra),
                                   progress=out.progress if opts.progress else None)
         receiver.map_ids(users, groups)

@@ -914,9 +914,8 @@ def _stock_cases():
            bytes(3 * bl) + blip + bytes(bl - 3) + rng.randbytes(700) + bytes(2 * bl), bl)
 
 
-@pytest.mark.skipif(shutil.which("rsync") is None, reason="stock rsync is not installed")
 @pytest.mark.parametrize("inplace", [False, True])
-def test_same_blocks_as_stock_rsync(tmp_path, inplace):
+def test_same_blocks_as_stock_rsync(tmp_path, inplace, rsync_bin):
     rng = random.Random(14)
     for basis, new, blength in _stock_cases():
         if new is None:

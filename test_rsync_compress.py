@@ -17,6 +17,7 @@ import zlib
 import pytest
 
 import rsync
+import rsync_receiver
 import rsync_compress as rc
 import rsync_delta
 from conftest import RSYNC, RSYNC_327, need, run
@@ -675,7 +676,7 @@ def block_sums(sess, basis, blength):
     if basis is None:
         return (0, 0, 0, 0), [], [], []
     if blength is None:
-        blength = rsync.sum_sizes_sqroot(len(basis), sess.protocol, sess.checksums.xfer_len)[0]
+        blength = rsync_receiver.sum_sizes_sqroot(len(basis), sess.protocol, sess.checksums.xfer_len)[0]
     s2length = min(16, sess.checksums.xfer_len)
     count = (len(basis) + blength - 1) // blength
     blocks = [basis[i * blength:(i + 1) * blength] for i in range(count)]

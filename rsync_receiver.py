@@ -1,0 +1,1426 @@
+"""The receiving side of rsync (generator.c, receiver.c, and main.c's
+do_server_recv), used by the client to download and by the server to
+accept uploads.
+
+The generator walks the file list, decides what is missing or changed, and
+asks the sender for it with the block sums of the local copy; the receiver
+rebuilds each file from the sender's tokens into a temporary file, checks
+the whole-file sum and renames it into place. They run as two threads: the
+generator writes requests while the receiver reads data, as rsync's two
+processes do. Everything below the destination is reached through
+directory descriptors opened with O_NOFOLLOW.
+"""
+
+import os
+import queue
+import secrets
+import shutil
+import stat
+import struct
+import threading
+import time
+
+import rsync_delta
+from rsync import (
+    DROP_EVERY,
+    FLAG_CONTENT_DIR,
+    FLAG_DIR_CREATED,
+    FLAG_HLINKED,
+    FLAG_HLINK_FIRST,
+    FlistDecoder,
+    IOERR_DEL_LIMIT,
+    IOERR_GENERAL,
+    ITEM_BASIS_TYPE_FOLLOWS,
+    ITEM_IS_NEW,
+    ITEM_LOCAL_CHANGE,
+    ITEM_REPORT_GROUP,
+    ITEM_REPORT_OWNER,
+    ITEM_REPORT_PERMS,
+    ITEM_REPORT_SIZE,
+    ITEM_REPORT_TIME,
+    ITEM_TRANSFER,
+    ITEM_XNAME_FOLLOWS,
+    MAX_BLOCK_SIZE,
+    MAX_NAME_LEN,
+    MAX_PATH,
+    MSG_DELETED,
+    MSG_ERROR_XFER,
+    MSG_INFO,
+    MSG_WARNING,
+    NDX_DEL_STATS,
+    NDX_DONE,
+    OLD_MAX_BLOCK_SIZE,
+    O_DIR,
+    O_NOFOLLOW,
+    ProtocolError,
+    RERR_DEL_LIMIT,
+    RERR_FILEIO,
+    RERR_FILESELECT,
+    RERR_PARTIAL,
+    RERR_PROTOCOL,
+    RsyncError,
+    _compress,
+    _drop_pages,
+    _errtext,
+    _is_device,
+    _is_special,
+    _show,
+    gid_by_name,
+    open_dir_beneath,
+    parse_size,
+    sort_file_list,
+    split_path,
+    uid_by_name,
+)
+
+BLOCK_SIZE = 700
+BLOCKSUM_BIAS = 10
+SUM_LENGTH = 16
+SHORT_SUM_LENGTH = 2
+
+
+def sum_sizes_sqroot(length, protocol, xfer_len, block_size=0, full_sums=False):
+    """(blength, s2length, count, remainder) for a basis of `length` bytes,
+    as rsync's generator sizes them: blocks of about sqrt(length), and strong
+    sums just long enough for the file (full length in the redo phase)."""
+    max_s2 = min(SUM_LENGTH, xfer_len)
+    if block_size:
+        blength = block_size
+    elif length <= BLOCK_SIZE * BLOCK_SIZE:
+        blength = BLOCK_SIZE
+    else:
+        max_blength = OLD_MAX_BLOCK_SIZE if protocol < 30 else MAX_BLOCK_SIZE
+        c, l = 1, length
+        while True:
+            l >>= 2
+            if not l:
+                break
+            c <<= 1
+        if c >= max_blength:
+            blength = max_blength
+        else:
+            blength = 0
+            while True:
+                blength |= c
+                if length < blength * blength:
+                    blength &= ~c
+                c >>= 1
+                if c < 8:
+                    break
+            blength = max(blength, BLOCK_SIZE)
+    if full_sums:
+        s2length = max_s2
+    else:
+        b = BLOCKSUM_BIAS
+        l = length
+        while True:
+            l >>= 1
+            if not l:
+                break
+            b += 2
+        c = blength
+        while True:
+            c >>= 1
+            if not c or not b:
+                break
+            b -= 1
+        s2length = (b + 1 - 32 + 7) // 8
+        s2length = min(max(s2length, SHORT_SUM_LENGTH), max_s2)
+    remainder = length % blength
+    count = length // blength + (remainder != 0)
+    return blength, s2length, count, remainder
+
+
+def _tmpname(name):
+    """get_tmpname: `.NAME.XXXXXX` beside the target, within NAME_MAX."""
+    base = name[:MAX_NAME_LEN - 8]
+    if base.startswith(b"."):
+        base = base[1:] if len(base) > 1 else base
+    return b"." + base + b"." + secrets.token_hex(3).encode()
+
+
+class DestTree:
+    """The destination, opened by descriptor: every directory is entered
+    one component at a time with O_NOFOLLOW, so nothing is ever written
+    through a symlink, whatever the sender or a local race puts there.
+    Each thread keeps its own last directory open."""
+
+    def __init__(self, rootfd):
+        self.rootfd = rootfd
+        self._local = threading.local()
+        self._all = []
+        self._lock = threading.Lock()
+
+    def _cache(self):
+        c = getattr(self._local, "c", None)
+        if c is None:
+            c = self._local.c = [None, -1]
+            with self._lock:
+                self._all.append(c)
+        return c
+
+    def dir(self, parts):
+        parts = tuple(parts)
+        c = self._cache()
+        if parts == c[0]:
+            return c[1]
+        fd = open_dir_beneath(self.rootfd, parts)
+        if c[1] >= 0:
+            os.close(c[1])
+        c[0], c[1] = parts, fd
+        return fd
+
+    def invalidate(self):
+        c = self._cache()
+        if c[1] >= 0:
+            os.close(c[1])
+        c[0], c[1] = None, -1
+
+    def split(self, name):
+        """(parent parts, leaf) of a relative wire name."""
+        if name == b".":
+            return (), b"."
+        parts = name.split(b"/")
+        return tuple(parts[:-1]), parts[-1]
+
+    def lstat(self, name):
+        parent, leaf = self.split(name)
+        try:
+            if leaf == b".":
+                return os.stat(self.rootfd)
+            return os.stat(leaf, dir_fd=self.dir(parent), follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        except NotADirectoryError:
+            return None
+
+    def close(self):
+        with self._lock:
+            for c in self._all:
+                if c[1] >= 0:
+                    os.close(c[1])
+                c[0], c[1] = None, -1
+
+
+class ReceiverError(RsyncError):
+    pass
+
+
+class Receiver:
+    """Generator and receiver of one session, writing below `dest`.
+
+    `log(kind, entry, iflags, extra)` reports what happened, for -v/-i
+    output: kind is "item" (an itemized change), "xfer" (a file received),
+    "delete", "skip" or "error" text."""
+
+    def __init__(self, sess, entries, unsorted, destfd, local_name=None, filters=None, out=None,
+                 progress=None):
+        self.sess = sess
+        self.opts = sess.opts
+        self.entries = entries
+        self.unsorted = unsorted
+        self.tree = DestTree(destfd)
+        self.local_name = local_name
+        self.filters = filters
+        self.out = out or (lambda kind, e, iflags, extra: None)
+        self.progress = progress
+        self.expect = []
+        self.expect_lock = threading.Lock()
+        self.expect_cond = threading.Condition(self.expect_lock)
+        self.to_gen = queue.Queue()
+        self.gen_error = None
+        self.io_error = 0
+        self.errors = 0
+        self.redo_done = set()
+        self.dir_fix = []
+        self.leaders = {}
+        self.followers = []
+        self.del_stats = [0, 0, 0, 0, 0]
+        self.deleted_count = 0
+        self.skipped_deletes = 0
+        self.am_root = os.geteuid() == 0
+        self.tokens = None
+        if sess.compression:
+            self.tokens = _compress().TokenReader(sess.compression, sess.inp.read,
+                                                     protocol=sess.protocol)
+        self.uid_map = {}
+        self.gid_map = {}
+        self.stats = sess.stats
+        self._setup_hardlinks()
+
+    # -- names and the local file system
+
+    def warn(self, text, partial=True):
+        if partial:
+            self.io_error |= IOERR_GENERAL
+        self.out("error", None, 0, text)
+
+    def _setup_hardlinks(self):
+        if not self.opts.hard_links:
+            return
+        groups = {}
+        p = self.sess.protocol
+        for e in self.unsorted:
+            if p >= 30:
+                if e.hl_first >= 0:
+                    key = id(self.unsorted[e.hl_first])
+                elif e.flags & FLAG_HLINK_FIRST:
+                    key = id(e)
+                else:
+                    continue
+            else:
+                if e.hl_dev == -1 or not (e.flags & FLAG_HLINKED or p < 28):
+                    continue
+                key = (e.hl_dev, e.hl_ino)
+            groups.setdefault(key, []).append(e)
+        for members in groups.values():
+            if len(members) < 2:
+                continue
+            members.sort(key=lambda x: x.ndx)
+            leader = members[-1]
+            for m in members[:-1]:
+                if m.is_dir() or leader.is_dir():
+                    continue
+                self.leaders[m.ndx] = leader
+
+    def target(self, e):
+        if self.local_name is not None:
+            return self.local_name
+        return e.name
+
+    def map_ids(self, users, groups):
+        """match_uid/match_gid: sender ids to ours, by name unless --numeric-ids."""
+        opts = self.opts
+        if opts.numeric_ids:
+            return
+        for uid, name in users.items():
+            mine = uid_by_name(os.fsdecode(name))
+            if mine is not None:
+                self.uid_map[uid] = mine
+        for gid, name in groups.items():
+            mine = gid_by_name(os.fsdecode(name))
+            if mine is not None:
+                self.gid_map[gid] = mine
+
+    def _may_chgrp(self, gid):
+        """match_gid's FLAG_SKIP_GROUP: without root, only groups we are in."""
+        if self.am_root:
+            return True
+        groups = getattr(self, "_groups", None)
+        if groups is None:
+            groups = self._groups = set(os.getgroups()) | {os.getegid()}
+        return gid in groups
+
+    def want_uid(self, e):
+        return self.uid_map.get(e.uid, e.uid)
+
+    def want_gid(self, e):
+        return self.gid_map.get(e.gid, e.gid)
+
+    # -- the generator
+
+    def _send_request(self, ndx, iflags, head=None, sums=None):
+        """ndx + iflags (+ sum head and sums); the receiver will see the echo."""
+        sess = self.sess
+        with self.expect_cond:
+            self.expect.append((ndx, iflags, head))
+        sess.write_ndx_and_attrs(ndx, iflags)
+        if head is not None:
+            sess.write_sum_head(*head)
+            if sums:
+                sess.out.write_parts(sums)
+
+    def _itemize(self, e, st, iflags):
+        """The itemized flags of an entry against its local state; sent to the
+        sender for the echo from 29 on (so -v lines keep the list's order),
+        logged here below 29."""
+        opts = self.opts
+        if st is not None:
+            keep_time = opts.times and not (e.is_dir() and opts.omit_dir_times) and \
+                not (e.is_link() and opts.omit_link_times)
+            if e.is_reg() and e.size != st.st_size:
+                iflags |= ITEM_REPORT_SIZE
+            if keep_time:
+                if int(st.st_mtime) != e.mtime:
+                    iflags |= ITEM_REPORT_TIME
+            elif iflags & (ITEM_TRANSFER | ITEM_LOCAL_CHANGE):
+                iflags |= ITEM_REPORT_TIME
+            if not e.is_link():
+                if opts.perms and (st.st_mode & 0o7777) != (e.mode & 0o7777):
+                    iflags |= ITEM_REPORT_PERMS
+                elif not opts.perms and opts.executability and \
+                        bool(st.st_mode & 0o111) != bool(e.mode & 0o111):
+                    iflags |= ITEM_REPORT_PERMS
+            if opts.owner and self.am_root and self.want_uid(e) != st.st_uid:
+                iflags |= ITEM_REPORT_OWNER
+            if opts.group and self._may_chgrp(self.want_gid(e)) and self.want_gid(e) != st.st_gid:
+                iflags |= ITEM_REPORT_GROUP
+        else:
+            iflags |= ITEM_IS_NEW
+        return iflags & 0xFFFF
+
+    def _report(self, e, iflags, xname=None):
+        significant = iflags & ~(ITEM_BASIS_TYPE_FOLLOWS | ITEM_XNAME_FOLLOWS | ITEM_LOCAL_CHANGE)
+        if not (significant or self.opts.verbose > 1 or self.opts.itemize > 1 or xname):
+            return
+        if self.sess.protocol >= 29:
+            if xname is not None:
+                iflags |= ITEM_XNAME_FOLLOWS
+            with self.expect_cond:
+                self.expect.append((e.ndx, iflags, ("xname", xname)))
+            self.sess.write_ndx_and_attrs(e.ndx, iflags, xname=xname)
+        else:
+            self.log_item(e, iflags, xname)
+
+    def log_item(self, e, iflags, xname=None):
+        """maybe_log_item for items that were not transferred."""
+        significant = iflags & ~(ITEM_BASIS_TYPE_FOLLOWS | ITEM_XNAME_FOLLOWS | ITEM_LOCAL_CHANGE)
+        local_change = iflags & ITEM_LOCAL_CHANGE and significant
+        itemizing = self.opts.itemize
+        see = itemizing and (significant or xname or itemizing > 1)
+        if see or local_change or xname or (e.is_dir() and significant):
+            self.out("item", e, iflags, xname)
+        if iflags & ITEM_IS_NEW:
+            self.stats.created_files += 1
+            kind = "dir" if e.is_dir() else "link" if e.is_link() else "dev" if _is_device(e.mode) \
+                else "special" if _is_special(e.mode) else "reg"
+            self.created[kind] = self.created.get(kind, 0) + 1
+
+    created = None
+
+    def generate(self):
+        """generate_files: runs in its own thread."""
+        try:
+            self._generate()
+        except BaseException as e:
+            self.gen_error = e
+            with self.expect_cond:
+                self.expect.append(("error", 0, None))
+                self.expect_cond.notify_all()
+            try:
+                self.sess.transport.shutdown_write()
+            except Exception:
+                pass
+
+    def _generate(self):
+        sess, opts = self.sess, self.opts
+        p = sess.protocol
+        out = sess.out
+        if opts.delete and opts.delete_mode in (None, "before") and p < 30 or opts.delete_mode == "before":
+            for e in self.entries:
+                if e.is_dir() and e.flags & FLAG_CONTENT_DIR:
+                    self._delete_in_dir(e)
+        during = opts.delete and (opts.delete_mode == "during" or (opts.delete_mode is None and p >= 30))
+        for e in self.entries:
+            if during and e.is_dir() and e.flags & FLAG_CONTENT_DIR:
+                self._delete_in_dir(e)
+            try:
+                self._recv_generator(e, full_sums=False)
+            except OSError as err:
+                self.warn('rsync: [generator] %s "%s": %s' % ("recv_generator", _show(e.name), _errtext(err)))
+        self._mark(NDX_DONE)
+        out.ndx(NDX_DONE)
+        out.flush()
+        dones = 0
+        while dones < 1:
+            msg = self._next_msg()
+            if msg[0] == "redo":
+                e = self.entries[msg[1]]
+                self._recv_generator(e, full_sums=True)
+                out.flush()
+            elif msg[0] == "done":
+                dones += 1
+        self._mark(NDX_DONE)
+        out.ndx(NDX_DONE)
+        out.flush()
+        while dones < 2:
+            if self._next_msg()[0] == "done":
+                dones += 1
+        self._finish_hardlinks()
+        if p >= 29:
+            self._mark(NDX_DONE)
+            out.ndx(NDX_DONE)
+        early_delete = opts.delete_mode not in ("after", "delay")
+        if p >= 31 and early_delete:
+            if opts.delete:
+                out.ndx(NDX_DEL_STATS)
+                for v in self.del_stats:
+                    out.varint(v)
+            self._mark(NDX_DONE)
+            out.ndx(NDX_DONE)
+        out.flush()
+        if p >= 29:
+            while dones < 3:
+                if self._next_msg()[0] == "done":
+                    dones += 1
+        if opts.delete and not early_delete:
+            for e in self.entries:
+                if e.is_dir() and e.flags & FLAG_CONTENT_DIR:
+                    self._delete_in_dir(e)
+        if p >= 31 and not early_delete:
+            if opts.delete:
+                out.ndx(NDX_DEL_STATS)
+                for v in self.del_stats:
+                    out.varint(v)
+            self._mark(NDX_DONE)
+            out.ndx(NDX_DONE)
+            out.flush()
+        if p >= 31:
+            while dones < 4:
+                if self._next_msg()[0] == "done":
+                    dones += 1
+        self._touch_up_dirs()
+        if self.skipped_deletes:
+            self.out("warning", None, 0, "Deletions stopped due to --max-delete limit (%d skipped)"
+                     % self.skipped_deletes)
+            self.io_error |= IOERR_DEL_LIMIT
+        out.ndx(NDX_DONE)
+        out.flush()
+
+    def _next_msg(self):
+        msg = self.to_gen.get()
+        if msg[0] == "abort":
+            raise RsyncError("receiver stopped", RERR_PARTIAL)
+        return msg
+
+    def _mark(self, ndx):
+        with self.expect_cond:
+            self.expect.append((ndx, 0, None))
+
+    daemon_filters = None
+    daemon_prefix = b""
+
+    def _daemon_excluded(self, name, is_dir):
+        return self.daemon_filters is not None and self.daemon_filters.excluded(
+            self.daemon_prefix + name, is_dir)
+
+    def _recv_generator(self, e, full_sums):
+        """recv_generator: decides for one entry and acts or asks."""
+        opts, sess = self.opts, self.sess
+        name = self.target(e)
+        if e.name != b"." and self._daemon_excluded(e.name, e.is_dir()):
+            self.warn("ERROR: daemon refused to receive %s \"%s\"" % ("directory" if e.is_dir() else "file",
+                                                                      _show(e.name)))
+            return
+        st = self.tree.lstat(name)
+        if e.is_dir():
+            return self._gen_dir(e, name, st)
+        if e.ndx in self.leaders:
+            self.followers.append(e)
+            return
+        if e.is_link():
+            if not opts.links:
+                self.out("skip", e, 0, "skipping non-regular file \"%s\"" % _show(e.name))
+                return
+            return self._gen_symlink(e, name, st)
+        if _is_device(e.mode) or _is_special(e.mode):
+            if not ((_is_device(e.mode) and opts.devices and self.am_root)
+                    or (_is_special(e.mode) and opts.specials)):
+                self.out("skip", e, 0, "skipping non-regular file \"%s\"" % _show(e.name))
+                return
+            return self._gen_special(e, name, st)
+        if not e.is_reg():
+            return
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            if not self._make_way(name, st):
+                return
+            st = None
+        if opts.existing and st is None:
+            return
+        if opts.ignore_existing and st is not None:
+            return
+        if opts.max_size is not None and e.size > parse_size(opts.max_size):
+            return
+        if opts.min_size is not None and e.size < parse_size(opts.min_size):
+            return
+        if st is not None and opts.update and int(st.st_mtime) > e.mtime and not full_sums:
+            return
+        if st is not None and not full_sums and self._quick_check_ok(e, name, st):
+            iflags = self._itemize(e, st, 0)
+            self._set_attrs(e, name, st)
+            self._report(e, iflags)
+            return
+        iflags = self._itemize(e, st, ITEM_TRANSFER)
+        if opts.dry_run:
+            with self.expect_cond:
+                self.expect.append((e.ndx, iflags, None))
+            sess.write_ndx_and_attrs(e.ndx, iflags)
+            return
+        if st is None or opts.whole_file or st.st_size == 0:
+            self._send_request(e.ndx, iflags, (0, 0, 0, 0) if st is None or opts.whole_file
+                               else (0, BLOCK_SIZE if not opts.block_size else opts.block_size,
+                                     0, 0))
+            return
+        self._send_sums(e, name, st, iflags, full_sums)
+
+    def _quick_check_ok(self, e, name, st):
+        opts = self.opts
+        if st.st_size != e.size:
+            return False
+        if opts.checksum:
+            if e.sum is None:
+                return False
+            return self._local_checksum(name, st) == e.sum[:self.sess.checksums.file_len]
+        if opts.size_only:
+            return True
+        if opts.ignore_times:
+            return False
+        if opts.modify_window:
+            return abs(int(st.st_mtime) - e.mtime) <= opts.modify_window
+        return int(st.st_mtime) == e.mtime
+
+    def _local_checksum(self, name, st):
+        parent, leaf = self.tree.split(name)
+        fd = os.open(leaf, os.O_RDONLY | O_NOFOLLOW, dir_fd=self.tree.dir(parent))
+        try:
+            return self.sess.checksums.file_checksum(fd, st.st_size)
+        finally:
+            os.close(fd)
+
+    def _send_sums(self, e, name, st, iflags, full_sums):
+        """generate_and_send_sums over the local copy, mapped read-only and
+        summed a window at a time, so its pages do not pile up in memory."""
+        sess = self.sess
+        parent, leaf = self.tree.split(name)
+        try:
+            fd = os.open(leaf, os.O_RDONLY | O_NOFOLLOW, dir_fd=self.tree.dir(parent))
+        except OSError:
+            self._send_request(e.ndx, iflags, (0, 0, 0, 0))
+            return
+        try:
+            size = os.fstat(fd).st_size
+            if size == 0:
+                self._send_request(e.ndx, iflags, (0, 0, 0, 0))
+                return
+            blength, s2length, count, remainder = sum_sizes_sqroot(
+                size, sess.protocol, sess.checksums.xfer_len, self.opts.block_size, full_sums)
+            strong = sess.checksums.strong
+            pack = struct.Struct("<I").pack
+            parts = []
+            step = max(1, DROP_EVERY // blength) * blength
+            with rsync_delta.SafeMap(fd, size) as safe:
+                mv = memoryview(safe.buf)
+                window = None
+                try:
+                    for start in range(0, size, step):
+                        window = mv[start:start + step]
+                        sum1s = rsync_delta.block_checksum1s(window, blength)
+                        for i in range(len(sum1s)):
+                            parts.append(pack(sum1s[i]))
+                            parts.append(strong(window[i * blength:(i + 1) * blength])[:s2length])
+                        window = None
+                        _drop_pages(safe.buf, start, start + step)
+                finally:
+                    window = None
+                    mv.release()
+        finally:
+            os.close(fd)
+        self._send_request(e.ndx, iflags, (count, blength, s2length, remainder), parts)
+
+    def _make_way(self, name, st):
+        """Removes a local entry of the wrong type (a directory only if empty,
+        or recursively with --delete/--force), as delete_item does."""
+        parent, leaf = self.tree.split(name)
+        dfd = self.tree.dir(parent)
+        try:
+            if stat.S_ISDIR(st.st_mode):
+                if self.opts.delete or self.opts.force:
+                    shutil.rmtree(leaf, dir_fd=dfd)
+                else:
+                    os.rmdir(leaf, dir_fd=dfd)
+            else:
+                os.unlink(leaf, dir_fd=dfd)
+            return True
+        except OSError as err:
+            self.warn('rsync: [generator] delete_file: cannot delete "%s": %s' % (_show(name), _errtext(err)))
+            return False
+
+    def _gen_dir(self, e, name, st):
+        opts = self.opts
+        if st is not None and not stat.S_ISDIR(st.st_mode):
+            if not self._make_way(name, st):
+                return
+            st = None
+        created = st is None or e.flags & FLAG_DIR_CREATED
+        iflags = self._itemize(e, None if created else st, ITEM_LOCAL_CHANGE if created else 0)
+        if st is None and not opts.dry_run:
+            parent, leaf = self.tree.split(name)
+            try:
+                os.mkdir(leaf, 0o700, dir_fd=self.tree.dir(parent))
+            except OSError as err:
+                self.warn('rsync: [generator] recv_generator: mkdir "%s" failed: %s'
+                          % (_show(name), _errtext(err)))
+                return
+        if not opts.dry_run:
+            self.dir_fix.append(e)
+        self._report(e, iflags)
+
+    def _gen_symlink(self, e, name, st):
+        opts = self.opts
+        target = e.link or b""
+        if opts.safe_links and unsafe_symlink(target, e.name):
+            self.out("skip", e, 0, "ignoring unsafe symlink \"%s\" -> \"%s\"" % (_show(e.name), _show(target)))
+            return
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            parent, leaf = self.tree.split(name)
+            try:
+                cur = os.fsencode(os.readlink(leaf, dir_fd=self.tree.dir(parent)))
+            except OSError:
+                cur = None
+            if cur == target:
+                iflags = self._itemize(e, st, 0)
+                self._set_attrs(e, name, st)
+                self._report(e, iflags)
+                return
+        iflags = self._itemize(e, st, ITEM_LOCAL_CHANGE)
+        if not opts.dry_run:
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                if not self._make_way(name, st):
+                    return
+            parent, leaf = self.tree.split(name)
+            dfd = self.tree.dir(parent)
+            tmp = _tmpname(leaf)
+            try:
+                os.symlink(target, tmp, dir_fd=dfd)
+                os.rename(tmp, leaf, src_dir_fd=dfd, dst_dir_fd=dfd)
+            except OSError as err:
+                try:
+                    os.unlink(tmp, dir_fd=dfd)
+                except OSError:
+                    pass
+                self.warn('rsync: [generator] symlink "%s" -> "%s" failed: %s'
+                          % (_show(name), _show(target), _errtext(err)))
+                return
+            self._set_attrs(e, name, None)
+        self._report(e, iflags, None)
+
+    def _gen_special(self, e, name, st):
+        opts = self.opts
+        if st is not None and stat.S_IFMT(st.st_mode) == stat.S_IFMT(e.mode):
+            same = True
+            if _is_device(e.mode):
+                same = st.st_rdev == os.makedev(e.rdev_major, e.rdev_minor)
+            if same:
+                iflags = self._itemize(e, st, 0)
+                self._set_attrs(e, name, st)
+                self._report(e, iflags)
+                return
+        iflags = self._itemize(e, st, ITEM_LOCAL_CHANGE)
+        if not opts.dry_run:
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                if not self._make_way(name, st):
+                    return
+            parent, leaf = self.tree.split(name)
+            dfd = self.tree.dir(parent)
+            tmp = _tmpname(leaf)
+            try:
+                if stat.S_ISFIFO(e.mode):
+                    os.mkfifo(tmp, 0o600, dir_fd=dfd)
+                else:
+                    os.mknod(tmp, stat.S_IFMT(e.mode) | 0o600,
+                             os.makedev(e.rdev_major, e.rdev_minor), dir_fd=dfd)
+                os.rename(tmp, leaf, src_dir_fd=dfd, dst_dir_fd=dfd)
+            except OSError as err:
+                self.warn('rsync: [generator] mknod "%s" failed: %s' % (_show(name), _errtext(err)))
+                return
+            self._set_attrs(e, name, None)
+        self._report(e, iflags)
+
+    def _set_attrs(self, e, name, st, fd=None):
+        """set_file_attrs: ownership, permissions, then times; on an open fd
+        when there is one, else by name without following links."""
+        opts = self.opts
+        if opts.dry_run:
+            return
+        parent, leaf = self.tree.split(name)
+        if fd is None:
+            dfd = self.tree.dir(parent) if leaf != b"." else None
+        is_link = e.is_link()
+        try:
+            want_uid = self.want_uid(e) if opts.owner and self.am_root else -1
+            want_gid = self.want_gid(e) if opts.group and self._may_chgrp(self.want_gid(e)) else -1
+            if want_uid != -1 or want_gid != -1:
+                if st is None or (want_uid != -1 and st.st_uid != want_uid) or \
+                        (want_gid != -1 and st.st_gid != want_gid):
+                    if fd is not None:
+                        os.fchown(fd, want_uid, want_gid)
+                    elif leaf == b".":
+                        os.fchown(self.tree.rootfd, want_uid, want_gid)
+                    else:
+                        os.chown(leaf, want_uid, want_gid, dir_fd=dfd, follow_symlinks=False)
+            if not is_link and (opts.perms or st is None or opts.executability):
+                mode = e.mode & 0o7777
+                if not opts.perms:
+                    base = (st.st_mode & 0o7777) if st is not None else (0o666 & ~_umask())
+                    if e.is_dir():
+                        base = (st.st_mode & 0o7777) if st is not None else (0o777 & ~_umask())
+                    mode = base
+                    if opts.executability and e.is_reg():
+                        if e.mode & 0o111:
+                            mode |= (mode & 0o444) >> 2
+                        else:
+                            mode &= ~0o111
+                if st is None or (st.st_mode & 0o7777) != mode:
+                    if fd is not None:
+                        os.fchmod(fd, mode)
+                    elif leaf == b".":
+                        os.fchmod(self.tree.rootfd, mode)
+                    else:
+                        os.chmod(leaf, mode, dir_fd=dfd)
+            if opts.times and not (e.is_dir() and opts.omit_dir_times) and \
+                    not (is_link and opts.omit_link_times):
+                ns = e.mtime * 1_000_000_000 + (e.nsec if self.sess.protocol >= 31 else 0)
+                if st is None or st.st_mtime_ns != ns:
+                    if fd is not None:
+                        os.utime(fd, ns=(ns, ns))
+                    elif leaf == b".":
+                        os.utime(self.tree.rootfd, ns=(ns, ns))
+                    else:
+                        os.utime(leaf, ns=(time.time_ns(), ns) if not is_link else (ns, ns),
+                                 dir_fd=dfd, follow_symlinks=False)
+        except OSError as err:
+            self.warn('rsync: [generator] failed to set attributes on "%s": %s' % (_show(name), _errtext(err)))
+
+    def _touch_up_dirs(self):
+        """Directory permissions and times, once their contents are written."""
+        for e in reversed(self.dir_fix):
+            name = self.target(e)
+            st = self.tree.lstat(name)
+            if st is None or not stat.S_ISDIR(st.st_mode):
+                continue
+            self._set_attrs(e, name, st)
+
+    def _finish_hardlinks(self):
+        """Links each follower to its group's transferred member (the last in
+        list order), walking each group backwards as rsync does."""
+        for e in sorted(self.followers, key=lambda f: (self.leaders[f.ndx].ndx, -f.ndx)):
+            leader = self.leaders[e.ndx]
+            name, lname = self.target(e), self.target(leader)
+            st = self.tree.lstat(name)
+            lst = self.tree.lstat(lname)
+            if lst is None:
+                continue
+            if st is not None and (st.st_dev, st.st_ino) == (lst.st_dev, lst.st_ino):
+                continue
+            iflags = self._itemize(e, st, ITEM_LOCAL_CHANGE)
+            if not self.opts.dry_run:
+                lparent, lleaf = self.tree.split(lname)
+                parent, leaf = self.tree.split(name)
+                try:
+                    lfd = open_dir_beneath(self.tree.rootfd, lparent)
+                    try:
+                        dfd = self.tree.dir(parent)
+                        tmp = _tmpname(leaf)
+                        os.link(lleaf, tmp, src_dir_fd=lfd, dst_dir_fd=dfd, follow_symlinks=False)
+                        os.rename(tmp, leaf, src_dir_fd=dfd, dst_dir_fd=dfd)
+                    finally:
+                        os.close(lfd)
+                except OSError as err:
+                    self.warn('rsync: [generator] link "%s" => %s failed: %s'
+                              % (_show(name), _show(lname), _errtext(err)))
+                    continue
+            self._report(e, iflags, lname)
+
+    def _delete_in_dir(self, d):
+        """delete_in_dir: removes what the directory holds and the list does
+        not, in reverse name order, never following a symlink."""
+        if self.opts.dry_run and self.tree.lstat(self.target(d)) is None:
+            return
+        prefix = b"" if d.name == b"." else d.name + b"/"
+        wanted = self._children(d.name)
+        name = self.target(d)
+        parts = () if name == b"." else tuple(name.split(b"/"))
+        try:
+            dfd = self.tree.dir(parts)
+        except OSError:
+            return
+        try:
+            names = sorted(os.fsencode(n) for n in os.listdir(dfd))
+        except OSError:
+            return
+        for leaf in reversed(names):
+            if leaf in wanted:
+                continue
+            rel = prefix + leaf
+            try:
+                st = os.stat(leaf, dir_fd=dfd, follow_symlinks=False)
+            except OSError:
+                continue
+            if self.filters is not None and self.filters.protected(rel, stat.S_ISDIR(st.st_mode)):
+                continue
+            if self._daemon_excluded(rel, stat.S_ISDIR(st.st_mode)):
+                continue
+            self._delete_entry(dfd, leaf, rel, st)
+
+    def _children(self, dirname):
+        cache = getattr(self, "_child_cache", None)
+        if cache is None:
+            cache = self._child_cache = {}
+            for e in self.entries:
+                if e.name == b".":
+                    continue
+                parent, _, leaf = e.name.rpartition(b"/")
+                cache.setdefault(parent or b".", set()).add(leaf)
+        return cache.get(dirname, set())
+
+    def _delete_entry(self, dfd, leaf, rel, st):
+        if stat.S_ISDIR(st.st_mode):
+            try:
+                sub = os.open(leaf, O_DIR | O_NOFOLLOW, dir_fd=dfd)
+            except OSError:
+                return
+            try:
+                for child in sorted((os.fsencode(n) for n in os.listdir(sub)), reverse=True):
+                    try:
+                        cst = os.stat(child, dir_fd=sub, follow_symlinks=False)
+                    except OSError:
+                        continue
+                    self._delete_entry(sub, child, rel + b"/" + child, cst)
+            finally:
+                os.close(sub)
+        limit = self.opts.max_delete
+        if limit is not None and (limit <= 0 or self.deleted_count >= limit):
+            self.skipped_deletes += 1
+            return
+        self.deleted_count += 1
+        kind = 1 if stat.S_ISDIR(st.st_mode) else 2 if stat.S_ISLNK(st.st_mode) else \
+            3 if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else \
+            4 if stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode) else 0
+        if not self.opts.dry_run:
+            try:
+                if stat.S_ISDIR(st.st_mode):
+                    os.rmdir(leaf, dir_fd=dfd)
+                else:
+                    os.unlink(leaf, dir_fd=dfd)
+            except OSError as err:
+                self.warn('rsync: [generator] delete_file: %s "%s" failed: %s'
+                          % ("rmdir" if kind == 1 else "unlink", _show(rel), _errtext(err)))
+                return
+        self.del_stats[kind] += 1
+        self.stats.deleted_files += 1
+        self.out("delete", None, 0, rel + (b"/" if kind == 1 else b""))
+
+    # -- the receiver
+
+    def run(self, after_files=None):
+        """recv_files, in the calling thread, with the generator alongside;
+        then `after_files` (a client reads the sender's stats there) and the
+        end of the conversation."""
+        self.created = {}
+        gen = threading.Thread(target=self.generate, name="generator", daemon=True)
+        gen.start()
+        try:
+            self._receive()
+            if after_files:
+                after_files()
+            self.to_gen.put(("done",))
+            if self.sess.protocol >= 31:
+                ndx = self.sess.inp.ndx()
+                while ndx == NDX_DEL_STATS:
+                    for _ in range(5):
+                        self.sess.inp.varint()
+                    ndx = self.sess.inp.ndx()
+                if ndx != NDX_DONE:
+                    raise ProtocolError("Invalid packet at end of run (%d)" % ndx, RERR_PROTOCOL)
+                self._pop_expected(NDX_DONE)
+                self.to_gen.put(("done",))
+        except BaseException:
+            self.to_gen.put(("abort",))
+            try:
+                self.sess.transport.shutdown_write()
+            except Exception:
+                pass
+            raise
+        finally:
+            gen.join(timeout=10)
+        if self.gen_error is not None:
+            raise self.gen_error
+
+    def _pop_expected(self, ndx):
+        with self.expect_cond:
+            while not self.expect:
+                self.expect_cond.wait()
+            want = self.expect.pop(0)
+        if want[0] == "error":
+            raise self.gen_error or RsyncError("generator failed")
+        if want[0] != ndx:
+            raise ProtocolError("the sender answered index %d where %s was requested"
+                                % (ndx, want[0]), RERR_PROTOCOL)
+        return want
+
+    def _receive(self):
+        sess = self.sess
+        p = sess.protocol
+        inp = sess.inp
+        phase = 0
+        max_phase = 2 if p >= 29 else 1
+        n = len(self.entries)
+        sess.on_no_send = self._no_send
+        while True:
+            ndx = inp.ndx()
+            if ndx == NDX_DONE:
+                self._pop_expected(NDX_DONE)
+                phase += 1
+                if phase > max_phase:
+                    break
+                self.to_gen.put(("done",))
+                continue
+            if ndx == NDX_DEL_STATS:
+                for i in range(5):
+                    inp.varint()
+                continue
+            if ndx < 0 or ndx >= n:
+                raise ProtocolError("Invalid file index: %d (%d - %d)" % (ndx, NDX_DONE, n - 1),
+                                    RERR_PROTOCOL)
+            iflags = inp.shortint() if p >= 29 else ITEM_TRANSFER
+            xname = None
+            if iflags & ITEM_BASIS_TYPE_FOLLOWS:
+                raise ProtocolError("unrequested basis type from the sender", RERR_PROTOCOL)
+            if iflags & ITEM_XNAME_FOLLOWS:
+                xname = inp.vstring()
+            want = self._pop_expected(ndx)
+            if p < 29:
+                iflags = want[1]
+            elif want[1] != iflags:
+                raise ProtocolError("the sender changed the item flags of index %d" % ndx, RERR_PROTOCOL)
+            if isinstance(want[2], tuple) and want[2][0] == "xname" and want[2][1] != xname:
+                raise ProtocolError("the sender changed the name echoed for index %d" % ndx, RERR_PROTOCOL)
+            if xname is not None and not (isinstance(want[2], tuple) and want[2][0] == "xname"):
+                raise ProtocolError("unrequested name from the sender for index %d" % ndx, RERR_PROTOCOL)
+            e = self.entries[ndx]
+            if not iflags & ITEM_TRANSFER:
+                self.log_item(e, iflags, xname)
+                continue
+            if not e.is_reg():
+                raise ProtocolError("received request to transfer non-regular file: %d" % ndx,
+                                    RERR_PROTOCOL)
+            if phase == 2:
+                raise ProtocolError("got transfer request in phase 2", RERR_PROTOCOL)
+            redoing = phase == 1
+            if iflags & ITEM_IS_NEW and not redoing:
+                self.stats.created_files += 1
+                self.created["reg"] = self.created.get("reg", 0) + 1
+            self.stats.xferred_files += 1
+            self.stats.total_transferred_size += e.size
+            if self.opts.dry_run:
+                self.out("xfer", e, iflags, None)
+                continue
+            head = sess.read_sum_head()
+            if head != want[2]:
+                raise ProtocolError("the sender's sum header for index %d differs from ours" % ndx,
+                                    RERR_PROTOCOL)
+            self._receive_file(e, iflags, head, redoing)
+
+    def _no_send(self, ndx):
+        """MSG_NO_SEND: the sender could not open a file we asked for."""
+        with self.expect_cond:
+            for i, w in enumerate(self.expect):
+                if w[0] == ndx:
+                    del self.expect[i]
+                    break
+
+    def _receive_file(self, e, iflags, head, redoing):
+        """receive_data + finish_transfer for one file."""
+        sess, opts = self.sess, self.opts
+        count, blength, s2length, remainder = head
+        name = self.target(e)
+        parent, leaf = self.tree.split(name)
+        h = sess.checksums.file_hasher()
+        inp = sess.inp
+        basis_fd = -1
+        basis_mm = None
+        fd = -1
+        tmp = None
+        ok = False
+        dfd = -1
+        failed = None
+        try:
+            try:
+                dfd = self.tree.dir(parent)
+                if count:
+                    try:
+                        basis_fd = os.open(leaf, os.O_RDONLY | O_NOFOLLOW, dir_fd=dfd)
+                        bsize = os.fstat(basis_fd).st_size
+                        if bsize:
+                            basis_mm = rsync_delta.SafeMap(basis_fd, bsize)
+                    except OSError:
+                        basis_mm = None
+                if opts.inplace:
+                    fd = os.open(leaf, os.O_WRONLY | os.O_CREAT | O_NOFOLLOW, 0o600, dir_fd=dfd)
+                else:
+                    for _ in range(100):
+                        tmp = _tmpname(leaf)
+                        try:
+                            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW, 0o600,
+                                         dir_fd=dfd)
+                            break
+                        except FileExistsError:
+                            continue
+            except OSError as err:
+                tmp = None
+                failed = 'rsync: [receiver] mkstemp "%s" failed: %s' % (_show(name), _errtext(err))
+            offset = 0
+            copied = 0
+            bview = memoryview(basis_mm.buf) if basis_mm is not None else None
+            chunk = None
+            sparse = opts.sparse and not opts.inplace
+            batch = _WriteBatch(fd, inp.src) if failed is None and not opts.inplace and not sparse else None
+            zipped = self.tokens
+            if zipped is not None:
+                zipped.begin_file(max_block=count)
+                batch = None
+            try:
+                while True:
+                    if zipped is not None:
+                        kind, value = zipped.next()
+                        if kind == "end":
+                            break
+                        if kind == "literal":
+                            t = len(value)
+                        else:
+                            t = -(value + 1)
+                    else:
+                        if batch is not None:
+                            batch.before_read(4)
+                        t = inp.int32()
+                        if t == 0:
+                            break
+                    if t > 0:
+                        if t > (1 << 24):
+                            raise ProtocolError("literal run of %d bytes is too long" % t)
+                        left = t
+                        while left:
+                            if zipped is not None:
+                                data, left = value, 0
+                            else:
+                                if batch is not None:
+                                    batch.before_read(1)
+                                data = inp.take(left)
+                                left -= len(data)
+                            if failed is None:
+                                h.update(data)
+                                if batch is not None:
+                                    batch.add(data)
+                                elif opts.inplace:
+                                    os.pwrite(fd, data, offset)
+                                elif sparse:
+                                    _write_sparse(fd, data)
+                                else:
+                                    _write_out(fd, data)
+                            offset += len(data)
+                        data = value = None
+                        self.stats.literal_data += t
+                    else:
+                        i = -(t + 1)
+                        if i >= count:
+                            raise ProtocolError("block index %d out of range (%d blocks)" % (i, count))
+                        start = i * blength
+                        blen = remainder if (i == count - 1 and remainder) else blength
+                        if failed is not None:
+                            if zipped is not None and bview is not None and start + blen <= len(bview):
+                                zipped.block_data(bview[start:start + blen])
+                            elif zipped is not None:
+                                zipped.block_data(bytes(blen))
+                            offset += blen
+                            continue
+                        if bview is None or start + blen > len(bview):
+                            raise ProtocolError("the basis file changed during the transfer", RERR_FILEIO)
+                        chunk = bview[start:start + blen]
+                        h.update(chunk)
+                        copied += blen
+                        if copied >= DROP_EVERY:
+                            copied = 0
+                            _drop_pages(basis_mm.buf, 0, len(bview))
+                        if zipped is not None:
+                            zipped.block_data(chunk)
+                        if batch is not None:
+                            batch.add(chunk)
+                        elif opts.inplace:
+                            if start != offset:
+                                os.pwrite(fd, chunk, offset)
+                        elif sparse:
+                            _write_sparse(fd, chunk)
+                        else:
+                            _write_out(fd, chunk)
+                        offset += blen
+                        self.stats.matched_data += blen
+                    if self.progress:
+                        self.progress(e, offset)
+                if batch is not None:
+                    batch.flush()
+            finally:
+                chunk = None
+                if batch is not None:
+                    batch.pending = None
+                if bview is not None:
+                    bview.release()
+            digest = inp.read(sess.checksums.xfer_len)
+            if failed is not None:
+                self.warn(failed)
+                return
+            if opts.inplace or sparse:
+                os.ftruncate(fd, offset)
+            if digest != h.digest():
+                if redoing:
+                    self.warn("ERROR: %s failed verification -- update discarded." % _show(name))
+                else:
+                    self.out("error", e, 0, "WARNING: %s failed verification -- update discarded (will try again)."
+                             % _show(name))
+                    self.to_gen.put(("redo", e.ndx))
+                return
+            self._set_attrs(e, name, None, fd=fd)
+            if not opts.inplace:
+                os.rename(tmp, leaf, src_dir_fd=dfd, dst_dir_fd=dfd)
+                tmp = None
+            ok = True
+            self.out("xfer", e, iflags, None)
+        finally:
+            if basis_mm is not None:
+                basis_mm.close()
+            if basis_fd >= 0:
+                os.close(basis_fd)
+            if fd >= 0:
+                os.close(fd)
+            if tmp is not None:
+                try:
+                    if opts.partial and not ok and not redoing:
+                        os.rename(tmp, leaf, src_dir_fd=dfd, dst_dir_fd=dfd)
+                    else:
+                        os.unlink(tmp, dir_fd=dfd)
+                except OSError:
+                    pass
+
+
+def unsafe_symlink(target, name):
+    """unsafe_symlink: an absolute target, or one whose ".." climb above the
+    top of the transfer from where the link sits."""
+    if not target or target.startswith(b"/"):
+        return True
+    depth = name.count(b"/")
+    for part in target.split(b"/"):
+        if part == b"..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part not in (b"", b"."):
+            depth += 1
+    return False
+
+
+
+
+_ZEROS = bytes(1 << 16)
+
+
+def _write_sparse(fd, data):
+    """--sparse: runs of zeros become holes (a seek) instead of writes."""
+    mv = memoryview(data)
+    for i in range(0, len(mv), len(_ZEROS)):
+        piece = mv[i:i + len(_ZEROS)]
+        if piece == _ZEROS[:len(piece)]:
+            os.lseek(fd, len(piece), os.SEEK_CUR)
+        else:
+            _write_out(fd, piece)
+
+
+def _write_out(fd, data):
+    mv = memoryview(data)
+    while mv:
+        n = os.write(fd, mv)
+        mv = mv[n:]
+
+
+class _WriteBatch:
+    """Collects views of received data and writes them with one writev, as
+    long as the input buffer they point into has not been refilled."""
+
+    LIMIT = 1 << 20
+
+    def __init__(self, fd, src):
+        self.fd = fd
+        self.src = src
+        self.pending = []
+        self.size = 0
+
+    def before_read(self, n):
+        if self.pending and self.src.pending() < n:
+            self.flush()
+
+    def add(self, view):
+        self.pending.append(view)
+        self.size += len(view)
+        if self.size >= self.LIMIT or len(self.pending) >= 512:
+            self.flush()
+
+    def flush(self):
+        views = self.pending
+        while views:
+            n = os.writev(self.fd, views)
+            while n and views:
+                if n >= len(views[0]):
+                    n -= len(views[0])
+                    views.pop(0)
+                else:
+                    views[0] = views[0][n:]
+                    n = 0
+        self.pending = []
+        self.size = 0
+
+
+_UMASK = None
+
+
+def _umask():
+    global _UMASK
+    if _UMASK is None:
+        _UMASK = os.umask(0o022)
+        os.umask(_UMASK)
+    return _UMASK
+
+
+# ----------------------------------------------------------------------------
+# The receiving server (main.c do_server_recv) and where received files go.
+
+
+def open_destination(basefd, dest, entries, confined, created=None):
+    """get_local_name: a lone non-directory sent to a name that is not a
+    directory is written under that name; otherwise the destination is a
+    directory, created (one level) when missing. Returns (dirfd, local_name);
+    `created(path)` is told when the directory had to be made."""
+    if isinstance(dest, str):
+        dest = os.fsencode(dest)
+    parts = split_path(dest) if confined else None
+    if confined and dest.startswith(b"/"):
+        dest = dest.lstrip(b"/")
+
+    def lookup():
+        try:
+            if confined:
+                if not parts:
+                    return os.stat(basefd)
+                pfd = open_dir_beneath(basefd, parts[:-1])
+                try:
+                    return os.stat(parts[-1], dir_fd=pfd, follow_symlinks=False)
+                finally:
+                    os.close(pfd)
+            return os.stat(dest or b".", dir_fd=basefd)
+        except FileNotFoundError:
+            return None
+
+    def open_dir():
+        if confined:
+            return open_dir_beneath(basefd, parts)
+        return os.open(dest or b".", O_DIR, dir_fd=basefd)
+
+    st = lookup()
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        return open_dir(), None
+    solo = len(entries) == 1 and not entries[0].is_dir()
+    if st is not None and not solo:
+        raise RsyncError("ERROR: destination must be a directory when copying more than 1 file",
+                         RERR_FILESELECT)
+    if solo and not dest.endswith(b"/"):
+        if confined:
+            if not parts:
+                raise RsyncError("ERROR: cannot write a file over the module's root", RERR_FILESELECT)
+            return open_dir_beneath(basefd, parts[:-1]), parts[-1]
+        head, _, leaf = dest.rstrip(b"/").rpartition(b"/")
+        return os.open(head or (b"/" if dest.startswith(b"/") else b"."), O_DIR, dir_fd=basefd), leaf
+    try:
+        if confined:
+            pfd = open_dir_beneath(basefd, parts[:-1])
+            try:
+                os.mkdir(parts[-1], 0o777, dir_fd=pfd)
+            finally:
+                os.close(pfd)
+        else:
+            os.mkdir(dest, 0o777, dir_fd=basefd)
+    except OSError as e:
+        raise RsyncError('mkdir "%s" failed: %s' % (_show(dest), _errtext(e)), RERR_FILEIO) from None
+    if entries and entries[0].name == b".":
+        entries[0].flags |= FLAG_DIR_CREATED
+    if created:
+        created(dest.rstrip(b"/") or b"/")
+    return open_dir(), None
+
+
+def recv_file_list(sess, check=None):
+    """recv_file_list: entries (sorted, with indexes), the list as it came,
+    and the sender's user and group names."""
+    opts = sess.opts
+    dec = FlistDecoder(sess.inp, opts, sess.protocol, sess.xfer_flags_as_varint,
+                       sess.checksums.file_len, sess.id0_names)
+    start = sess.raw.total
+    while True:
+        x = dec.read_flags()
+        if x is None:
+            break
+        e = dec.recv(x)
+        if check is not None:
+            check(e)
+    users, groups = ({}, {}) if opts.numeric_ids else dec.recv_id_lists()
+    io_error = dec.io_error
+    if sess.protocol < 30:
+        io_error |= sess.inp.int32()
+    sess.remote_io_error |= io_error
+    unsorted = list(dec.entries)
+    entries = list(dec.entries)
+    sort_file_list(entries, sess.protocol)
+    seen = set()
+    for e in entries:
+        if e.name in seen:
+            raise ProtocolError("duplicate name in file list: %s" % _show(e.name), RERR_PROTOCOL)
+        seen.add(e.name)
+    sess.stats.flist_size = sess.raw.total - start
+    return entries, unsorted, users, groups
+
+
+def serve_receiver(sess, paths, root, confined, filters, log, daemon_filters=None):
+    """do_server_recv: the sender's list, then generator and receiver writing
+    below the destination; errors and deletions are reported to the client."""
+    opts = sess.opts
+    dest = paths[1] if len(paths) > 1 else "."
+    entries, unsorted, users, groups = recv_file_list(sess)
+    if not entries:
+        return 0
+    rootfd = os.open(root, O_DIR)
+
+    def created(path):
+        log("created directory %s" % _show(path))
+        if opts.verbose or "%i" in (opts.log_format or ""):
+            sess.send_text(MSG_INFO, "created directory %s" % _show(path))
+    try:
+        destfd, local_name = open_destination(rootfd, dest, entries, confined, created)
+    finally:
+        os.close(rootfd)
+    p = sess.protocol
+
+    def out(kind, e, iflags, extra):
+        if kind == "error":
+            log(extra)
+            sess.send_text(MSG_ERROR_XFER, extra)
+        elif kind == "warning":
+            log(extra)
+            sess.send_text(MSG_WARNING, extra)
+        elif kind == "delete" and p >= 29:
+            name = extra[:-1] + b"\0" if extra.endswith(b"/") else extra
+            sess.out.msg(MSG_DELETED, name[:MAX_PATH])
+    receiver = Receiver(sess, entries, unsorted, destfd, local_name, filters, out=out)
+    if daemon_filters is not None:
+        prefix = b"/".join(split_path(os.fsencode(dest))) + b"/" if split_path(os.fsencode(dest)) else b""
+        receiver.daemon_filters = daemon_filters
+        receiver.daemon_prefix = prefix
+    receiver.map_ids(users, groups)
+    try:
+        receiver.run()
+    finally:
+        receiver.tree.close()
+        os.close(destfd)
+    log("received %d files, %d bytes of data" % (sess.stats.xferred_files,
+                                                  sess.stats.literal_data + sess.stats.matched_data))
+    code = 0
+    if receiver.io_error & IOERR_DEL_LIMIT:
+        code = RERR_DEL_LIMIT
+    if receiver.io_error & IOERR_GENERAL:
+        code = RERR_PARTIAL
+    return code
