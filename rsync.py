@@ -704,6 +704,8 @@ class Out:
         self.total = 0
         self.bwlimit = 0
         self._bw_start = None
+        self.later = []
+        self.later_lock = threading.Lock()
         self.prev_positive = -1
         self.prev_negative = 1
         self.lock = threading.RLock()
@@ -729,9 +731,22 @@ class Out:
     def _frame(self, tag, length):
         return struct.pack("<I", ((MPLEX_BASE + tag) << 24) | length)
 
+    def msg_later(self, tag, payload):
+        """A message to go out with the next flush, for a thread that must
+        not block on the connection."""
+        with self.later_lock:
+            self.later.append(self._frame(tag, len(payload)) + payload)
+
     def flush(self):
         with self.lock:
+            if self.later:
+                with self.later_lock:
+                    later, self.later = self.later, []
+            else:
+                later = None
             if not self.buf:
+                if later and self.multiplexed:
+                    self._send(later)
                 return
             data = self.buf
             self.buf = bytearray()
@@ -744,7 +759,7 @@ class Out:
                 piece = mv[i:i + self.MAX_FRAME]
                 parts.append(self._frame(MSG_DATA, len(piece)))
                 parts.append(piece)
-            self._send(parts)
+            self._send(parts + (later or []))
 
     def _maybe_flush(self):
         if len(self.buf) >= self.FLUSH_AT:

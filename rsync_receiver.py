@@ -329,6 +329,19 @@ class Receiver:
             sess.write_sum_head(*head)
             if sums:
                 sess.out.write_parts(sums)
+        self._pace()
+
+    FLUSH_AFTER = 0.005
+
+    def _pace(self):
+        """The generator sends what it has at least every few milliseconds,
+        so the sender is never left waiting for requests we have made."""
+        now = time.monotonic()
+        if now - self._flushed >= self.FLUSH_AFTER:
+            self.sess.out.flush()
+            self._flushed = now
+
+    _flushed = 0.0
 
     def _itemize(self, e, st, iflags):
         """The itemized flags of an entry against its local state; sent to the
@@ -369,6 +382,7 @@ class Receiver:
             with self.expect_cond:
                 self.expect.append((e.ndx, iflags, ("xname", xname)))
             self.sess.write_ndx_and_attrs(e.ndx, iflags, xname=xname)
+            self._pace()
         else:
             self.log_item(e, iflags, xname)
 
@@ -545,6 +559,7 @@ class Receiver:
             with self.expect_cond:
                 self.expect.append((e.ndx, iflags, None))
             sess.write_ndx_and_attrs(e.ndx, iflags)
+            self._pace()
             return
         if st is None or opts.whole_file or st.st_size == 0:
             self._send_request(e.ndx, iflags, (0, 0, 0, 0) if st is None or opts.whole_file
@@ -581,6 +596,7 @@ class Receiver:
         """generate_and_send_sums over the local copy, mapped read-only and
         summed a window at a time, so its pages do not pile up in memory."""
         sess = self.sess
+        sess.out.flush()
         parent, leaf = self.tree.split(name)
         try:
             fd = os.open(leaf, os.O_RDONLY | O_NOFOLLOW, dir_fd=self.tree.dir(parent))
@@ -907,6 +923,11 @@ class Receiver:
         then `after_files` (a client reads the sender's stats there) and the
         end of the conversation."""
         self.created = {}
+        # Only the generator writes now: the receiving thread must never
+        # block on a send (the sender may be blocked sending to us), so its
+        # reads no longer flush our output first.
+        raw = self.sess.raw
+        raw.before_block = None
         gen = threading.Thread(target=self.generate, name="generator", daemon=True)
         gen.start()
         try:
@@ -1396,12 +1417,13 @@ def serve_receiver(sess, paths, root, confined, filters, log, daemon_filters=Non
     p = sess.protocol
 
     def out(kind, e, iflags, extra):
-        if kind == "error":
+        if kind in ("error", "warning"):
             log(extra)
-            sess.send_text(MSG_ERROR_XFER, extra)
-        elif kind == "warning":
-            log(extra)
-            sess.send_text(MSG_WARNING, extra)
+            text = extra.encode("utf-8", "surrogateescape") if isinstance(extra, str) else extra
+            tag = MSG_ERROR_XFER if kind == "error" else MSG_WARNING
+            if p < 30:
+                tag = MSG_ERROR_XFER if kind == "error" else MSG_INFO
+            sess.out.msg_later(tag, text if text.endswith(b"\n") else text + b"\n")
         elif kind == "delete" and p >= 29:
             name = extra[:-1] + b"\0" if extra.endswith(b"/") else extra
             sess.out.msg(MSG_DELETED, name[:MAX_PATH])
@@ -1416,6 +1438,7 @@ def serve_receiver(sess, paths, root, confined, filters, log, daemon_filters=Non
     finally:
         receiver.tree.close()
         os.close(destfd)
+    sess.out.flush()
     log("received %d files, %d bytes of data" % (sess.stats.xferred_files,
                                                   sess.stats.literal_data + sess.stats.matched_data))
     code = 0

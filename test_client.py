@@ -450,3 +450,23 @@ def test_rsync_connect_prog_both_ways(tmp_path, src_tree, rsync_bin):
     assert sa == sb
     src["<hardlinks>"] = []
     assert sa == src
+
+
+def test_many_small_files_over_a_socketpair(tmp_path, rsync_bin):
+    """Small socket buffers (RSYNC_CONNECT_PROG's socketpair) once deadlocked
+    the client: its receiving thread flushed requests and blocked on the send
+    while the server was blocked sending file data to it."""
+    import random
+    rnd = random.Random(5)
+    src = tmp_path / "src"
+    for d in range(200):
+        (src / ("d%03d" % d)).mkdir(parents=True)
+        for f in range(100):
+            (src / ("d%03d" % d) / ("f%03d" % f)).write_bytes(rnd.randbytes(rnd.randrange(1024, 8192)))
+    conf = tmp_path / "c.conf"
+    conf.write_text("use chroot = no\n" + ("uid = root\ngid = root\n" if IS_ROOT else "") +
+                    "[m]\npath = %s\n" % src)
+    dst = tmp_path / "dst"
+    env = {"RSYNC_CONNECT_PROG": "%s --daemon --config=%s" % (rsync_bin, conf)}
+    ours("-a", "--timeout=60", "rsync://localhost/m/", str(dst) + "/", env=env)
+    assert snapshot(str(dst)) == snapshot(str(src))
