@@ -1423,7 +1423,11 @@ def serve_receiver(sess, paths, root, confined, filters, log, daemon_filters=Non
             tag = MSG_ERROR_XFER if kind == "error" else MSG_WARNING
             if p < 30:
                 tag = MSG_ERROR_XFER if kind == "error" else MSG_INFO
-            sess.out.msg_later(tag, text if text.endswith(b"\n") else text + b"\n")
+            text = text if text.endswith(b"\n") else text + b"\n"
+            if threading.current_thread().name == "generator":
+                sess.out.msg(tag, text)
+            else:
+                sess.out.msg_later(tag, text)
         elif kind == "delete" and p >= 29:
             name = extra[:-1] + b"\0" if extra.endswith(b"/") else extra
             sess.out.msg(MSG_DELETED, name[:MAX_PATH])
