@@ -207,6 +207,23 @@ class RemoteExit(RsyncError):
 # Transports: a byte pipe to the peer.
 
 
+def write_all_vectored(writev, buffers):
+    """Hands every byte of buffers to writev (os.writev, socket.sendmsg or
+    alike, which may take only part), at most 512 buffers per call."""
+    pending = [memoryview(b).cast("B") for b in buffers if len(b)]
+    first = 0
+    while first < len(pending):
+        sent = writev(pending[first:first + 512])
+        while sent:
+            head = pending[first]
+            if sent >= len(head):
+                sent -= len(head)
+                first += 1
+            else:
+                pending[first] = head[sent:]
+                sent = 0
+
+
 class Transport:
     """A bidirectional byte stream: `recv(n)` returns up to n bytes (b"" at
     end of stream), `sendv(buffers)` writes them all in order."""
@@ -276,16 +293,7 @@ class SocketTransport(Transport):
             if len(buffers) == 1:
                 self.sock.sendall(buffers[0])
                 return
-            pending = [memoryview(b).cast("B") for b in buffers if len(b)]
-            while pending:
-                sent = self.sock.sendmsg(pending[:512])
-                while sent and pending:
-                    if sent >= len(pending[0]):
-                        sent -= len(pending[0])
-                        pending.pop(0)
-                    else:
-                        pending[0] = pending[0][sent:]
-                        sent = 0
+            write_all_vectored(self.sock.sendmsg, buffers)
         except socket.timeout:
             raise RsyncError("timeout sending data to the peer", RERR_TIMEOUT) from None
         except (BrokenPipeError, ConnectionResetError):
@@ -342,18 +350,11 @@ class PipeTransport(Transport):
             return 0
 
     def sendv(self, buffers):
-        pending = [memoryview(b).cast("B") for b in buffers if len(b)]
+        def write(views):
+            self._wait(self.fd_out, True)
+            return os.writev(self.fd_out, views)
         try:
-            while pending:
-                self._wait(self.fd_out, True)
-                sent = os.writev(self.fd_out, pending[:512])
-                while sent and pending:
-                    if sent >= len(pending[0]):
-                        sent -= len(pending[0])
-                        pending.pop(0)
-                    else:
-                        pending[0] = pending[0][sent:]
-                        sent = 0
+            write_all_vectored(write, buffers)
         except (BrokenPipeError, ConnectionResetError):
             raise ConnectionClosed("connection unexpectedly closed (broken pipe)", RERR_SOCKETIO) from None
 

@@ -11,6 +11,7 @@ processes do. Everything below the destination is reached through
 directory descriptors opened with O_NOFOLLOW.
 """
 
+import functools
 import os
 import queue
 import secrets
@@ -71,6 +72,7 @@ from rsync import (
     sort_file_list,
     split_path,
     uid_by_name,
+    write_all_vectored,
 )
 
 BLOCK_SIZE = 700
@@ -690,22 +692,9 @@ class Receiver:
                 return
         iflags = self._itemize(e, st, ITEM_LOCAL_CHANGE)
         if not opts.dry_run:
-            if st is not None and stat.S_ISDIR(st.st_mode):
-                if not self._make_way(name, st):
-                    return
-            parent, leaf = self.tree.split(name)
-            dfd = self.tree.dir(parent)
-            tmp = _tmpname(leaf)
-            try:
-                os.symlink(target, tmp, dir_fd=dfd)
-                os.rename(tmp, leaf, src_dir_fd=dfd, dst_dir_fd=dfd)
-            except OSError as err:
-                try:
-                    os.unlink(tmp, dir_fd=dfd)
-                except OSError:
-                    pass
-                self.warn('rsync: [generator] symlink "%s" -> "%s" failed: %s'
-                          % (_show(name), _show(target), _errtext(err)))
+            what = 'symlink "%s" -> "%s"' % (_show(name), _show(target))
+            if not self._replace_with(name, st, what,
+                                      lambda tmp, dfd: os.symlink(target, tmp, dir_fd=dfd)):
                 return
             self._set_attrs(e, name, None)
         self._report(e, iflags, None)
@@ -723,24 +712,38 @@ class Receiver:
                 return
         iflags = self._itemize(e, st, ITEM_LOCAL_CHANGE)
         if not opts.dry_run:
-            if st is not None and stat.S_ISDIR(st.st_mode):
-                if not self._make_way(name, st):
-                    return
-            parent, leaf = self.tree.split(name)
-            dfd = self.tree.dir(parent)
-            tmp = _tmpname(leaf)
-            try:
+            def create(tmp, dfd):
                 if stat.S_ISFIFO(e.mode):
                     os.mkfifo(tmp, 0o600, dir_fd=dfd)
                 else:
                     os.mknod(tmp, stat.S_IFMT(e.mode) | 0o600,
                              os.makedev(e.rdev_major, e.rdev_minor), dir_fd=dfd)
-                os.rename(tmp, leaf, src_dir_fd=dfd, dst_dir_fd=dfd)
-            except OSError as err:
-                self.warn('rsync: [generator] mknod "%s" failed: %s' % (_show(name), _errtext(err)))
+            if not self._replace_with(name, st, 'mknod "%s"' % _show(name), create):
                 return
             self._set_attrs(e, name, None)
         self._report(e, iflags)
+
+    def _replace_with(self, name, st, what, create):
+        """Makes the non-file entry under a temporary name with create(tmp,
+        dir_fd) and renames it over name; a directory in the way is deleted
+        first. False (after a warning) when that fails."""
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            if not self._make_way(name, st):
+                return False
+        parent, leaf = self.tree.split(name)
+        dfd = self.tree.dir(parent)
+        tmp = _tmpname(leaf)
+        try:
+            create(tmp, dfd)
+            os.rename(tmp, leaf, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except OSError as err:
+            try:
+                os.unlink(tmp, dir_fd=dfd)
+            except OSError:
+                pass
+            self.warn("rsync: [generator] %s failed: %s" % (what, _errtext(err)))
+            return False
+        return True
 
     def _set_attrs(self, e, name, st, fd=None):
         """set_file_attrs: ownership, permissions, then times; on an open fd
@@ -1274,16 +1277,7 @@ class _WriteBatch:
             self.flush()
 
     def flush(self):
-        views = self.pending
-        while views:
-            n = os.writev(self.fd, views)
-            while n and views:
-                if n >= len(views[0]):
-                    n -= len(views[0])
-                    views.pop(0)
-                else:
-                    views[0] = views[0][n:]
-                    n = 0
+        write_all_vectored(functools.partial(os.writev, self.fd), self.pending)
         self.pending = []
         self.size = 0
 

@@ -135,6 +135,23 @@ def sample_entries():
     return es
 
 
+def test_write_all_vectored_survives_partial_writes():
+    rng = random.Random(7)
+    bufs = [bytes(rng.randrange(40)) for _ in range(1500)]
+    bufs[3] = bytearray(b"mutable")
+    bufs[9] = memoryview(b"view")
+    written = []
+
+    def short_writev(views):
+        assert 0 < len(views) <= 512 and all(len(v) for v in views)
+        data = b"".join(views)[:rng.randrange(1, 100)]
+        written.append(data)
+        return len(data)
+
+    rsync.write_all_vectored(short_writev, bufs)
+    assert b"".join(written) == b"".join(bytes(b) for b in bufs)
+
+
 @pytest.mark.parametrize("protocol,varint_flags", [(p, False) for p in range(27, 33)] + [(30, True), (32, True)])
 def test_flist_roundtrip(protocol, varint_flags):
     opts = make_opts(hard_links=True)
