@@ -136,6 +136,24 @@ def test_ten_concurrent_pushes(writable, tmp_path, rsync_bin):
                 (t / ("dir%d" % i) / ("f%d" % j)).read_bytes()
 
 
+def test_same_file_pushed_twice_at_once_ends_whole(writable, tmp_path, rsync_bin):
+    versions = []
+    for i in range(2):
+        src = tmp_path / ("v%d" % i)
+        src.mkdir()
+        data = os.urandom(8 << 20)
+        (src / "same").write_bytes(data)
+        versions.append(data)
+    for _ in range(3):
+        procs = [subprocess.Popen([rsync_bin, "-a", "-I", "--bwlimit=20m", str(tmp_path / ("v%d" % i)) + "/",
+                                   writable.url + "/w/"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
+        for p in procs:
+            assert p.wait(120) == 0, p.stderr.read()
+        assert (writable.mod / "same").read_bytes() in versions
+        assert os.listdir(writable.mod) == ["same"]
+
+
 def test_interrupted_push_keeps_old_file(writable, tmp_path, rsync_bin):
     old = os.urandom(1 << 20)
     (writable.mod / "big").write_bytes(old)
