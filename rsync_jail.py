@@ -57,8 +57,8 @@ def _mount(lib, src, target, fstype, flags, data=None):
           "mount %s on %s" % (src or fstype or "", target))
 
 
-def _kept_flags(path):
-    f = os.statvfs(path).f_flag
+def _kept_flags(fd):
+    f = os.statvfs(fd).f_flag
     return sum(ms for st, ms in _KEEP_FLAGS if f & st)
 
 
@@ -71,40 +71,57 @@ def enter(modules, prepare=None, files=()):
     /modules/NAME (read-only unless writable) and each of `files` read-only
     at /files/N, chroot into it. `modules` is a list of (name, path,
     writable); returns {name or file path: path inside the jail}.
-    `prepare()` runs just before the chroot, to load anything the process
-    will need later from the old root."""
+    `prepare()` runs before the old root is left (and before /tmp is
+    covered), to load anything the process will need later from it."""
     lib = _libc()
     _call(lib.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
     _mount(lib, None, "/", None, MS_REC | MS_PRIVATE)
-    newroot = tempfile.mkdtemp(prefix="gokr-rsyncd-root-")
-    _mount(lib, "tmpfs", newroot, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0755,size=1m")
-    inside = {}
-    for name, path, writable in modules:
-        real = os.path.realpath(path)
-        inside[name] = "/modules/" + name
-        target = os.path.join(newroot, "modules", name)
-        os.makedirs(target)
-        _mount(lib, real, target, None, MS_BIND | MS_REC)
-        flags = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | _kept_flags(real)
-        if not writable:
-            flags |= MS_RDONLY
-        _mount(lib, None, target, None, flags)
-    for i, path in enumerate(files):
-        real = os.path.realpath(path)
-        os.makedirs(os.path.join(newroot, "files"), exist_ok=True)
-        target = os.path.join(newroot, "files", str(i))
-        open(target, "w").close()
-        _mount(lib, real, target, None, MS_BIND)
-        _mount(lib, None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV
-               | _kept_flags(real))
-        inside[path] = "/files/%d" % i
+    fds = {}
+    try:
+        for name, path, writable in modules:
+            fds[name] = os.open(path, os.O_PATH | os.O_DIRECTORY)
+        for path in files:
+            fds[path] = os.open(path, os.O_PATH)
+        if prepare is not None:
+            prepare()
+        newroot = _cover_tmp(lib)
+        inside = {}
+        for name, path, writable in modules:
+            inside[name] = "/modules/" + name
+            target = os.path.join(newroot, "modules", name)
+            os.makedirs(target)
+            _mount(lib, "/proc/self/fd/%d" % fds[name], target, None, MS_BIND | MS_REC)
+            flags = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | _kept_flags(fds[name])
+            if not writable:
+                flags |= MS_RDONLY
+            _mount(lib, None, target, None, flags)
+        for i, path in enumerate(files):
+            os.makedirs(os.path.join(newroot, "files"), exist_ok=True)
+            target = os.path.join(newroot, "files", str(i))
+            open(target, "w").close()
+            _mount(lib, "/proc/self/fd/%d" % fds[path], target, None, MS_BIND)
+            _mount(lib, None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV
+                   | _kept_flags(fds[path]))
+            inside[path] = "/files/%d" % i
+    finally:
+        for fd in fds.values():
+            os.close(fd)
     _mount(lib, None, newroot, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
            "mode=0755,size=1m")
-    if prepare is not None:
-        prepare()
     os.chroot(newroot)
     os.chdir("/")
     return inside
+
+
+def _cover_tmp(lib):
+    """The new root: a tmpfs mounted over /tmp, seen only in this mount
+    namespace, so nothing is left behind on the host. Modules and files are
+    bound from descriptors opened before, so one under /tmp is still found."""
+    newroot = "/tmp"
+    if not os.path.isdir(newroot) or os.path.islink(newroot):
+        newroot = tempfile.mkdtemp(prefix="gokr-rsyncd-root-")
+    _mount(lib, "tmpfs", newroot, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0755,size=1m")
+    return newroot
 
 
 def lookup_user(name):

@@ -54,8 +54,11 @@ def modules(tmp_path):
 @pytest.mark.skipif(not IS_ROOT, reason="the jail needs root")
 def test_root_daemon_is_jailed_and_unprivileged(modules, tmp_path, rsync_bin):
     ro, rw, cfg = modules
-    p, url = start(["--gokr.config=%s" % cfg], tmp_path)
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    p, url = start(["--gokr.config=%s" % cfg], tmp_path, env=dict(os.environ, TMPDIR=str(tmpdir)))
     try:
+        assert os.listdir(tmpdir) == [], "the jail left its root behind on the host"
         assert status(p.pid, "Uid") == ["65534"] * 4
         assert status(p.pid, "Gid") == ["65534"] * 4
         assert status(p.pid, "Groups") == []
