@@ -209,19 +209,22 @@ class RemoteExit(RsyncError):
 
 def write_all_vectored(writev, buffers):
     """Hands every byte of buffers to writev (os.writev, socket.sendmsg or
-    alike, which may take only part), at most 512 buffers per call."""
-    pending = [memoryview(b).cast("B") for b in buffers if len(b)]
+    alike, which may take only part), at most 512 buffers per call; views
+    are made only for the buffers of the call in flight."""
+    buffers = [b for b in buffers if len(b)]
     first = 0
-    while first < len(pending):
-        sent = writev(pending[first:first + 512])
-        while sent:
-            head = pending[first]
-            if sent >= len(head):
-                sent -= len(head)
-                first += 1
-            else:
-                pending[first] = head[sent:]
-                sent = 0
+    while first < len(buffers):
+        batch = [memoryview(b).cast("B") for b in buffers[first:first + 512]]
+        first += len(batch)
+        while batch:
+            sent = writev(batch)
+            done = 0
+            while done < len(batch) and sent >= len(batch[done]):
+                sent -= len(batch[done])
+                done += 1
+            del batch[:done]
+            if sent:
+                batch[0] = batch[0][sent:]
 
 
 class Transport:
@@ -2811,7 +2814,7 @@ class Sender:
                     h.update(mv[hashed:end])
                     hashed = end
                     if hashed - dropped >= DROP_EVERY:
-                        dropped = _drop_pages(mm, dropped, hashed - (1 << 20))
+                        dropped = _drop_pages(mm, 0, hashed - (1 << 20))
                 if pending >= self.BATCH or len(parts) >= 512:
                     sess.out.write_parts(parts)
                     parts = []
@@ -3040,13 +3043,17 @@ def serve_sender(sess, paths, root, confined, filters, log, root_shown="", daemo
     finally:
         os.close(rootfd)
 
-DROP_EVERY = 32 << 20
+DROP_EVERY = 8 << 20
 
 
 def _drop_pages(buf, start, end):
     """Gives back the mapped pages of [start, end) (they stay in the page
     cache and fault in again if read), so resident memory does not grow
-    with the size of the file. Returns the new low-water mark."""
+    with the size of the file. Returns the new low-water mark.
+
+    Callers pass start 0 rather than the last mark: a page cache of large
+    folios maps a whole folio when any byte of it is read, so pages behind
+    the mark come back and would otherwise stay."""
     madvise = getattr(buf, "madvise", None)
     page = mmap.PAGESIZE
     start -= start % page

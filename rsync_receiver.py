@@ -623,11 +623,13 @@ class Receiver:
                     for start in range(0, size, step):
                         window = mv[start:start + step]
                         sum1s = rsync_delta.block_checksum1s(window, blength)
+                        sums = bytearray()
                         for i in range(len(sum1s)):
-                            parts.append(pack(sum1s[i]))
-                            parts.append(strong(window[i * blength:(i + 1) * blength])[:s2length])
+                            sums += pack(sum1s[i])
+                            sums += strong(window[i * blength:(i + 1) * blength])[:s2length]
+                        parts.append(sums)
                         window = None
-                        _drop_pages(safe.buf, start, start + step)
+                        _drop_pages(safe.buf, 0, start + step)
                 finally:
                     window = None
                     mv.release()
