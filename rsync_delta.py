@@ -509,6 +509,7 @@ def _declare(lib):
     for name, restype, argtypes in [
         ("rd_checksum1", ctypes.c_uint32, [vp, i64]),
         ("rd_block_checksum1s", None, [vp, i64, i32, vp]),
+        ("rd_simd", ctypes.c_int, [ctypes.c_int]),
         ("rd_new", search_p, [vp, i64, vp, vp, i32, i32, i32, i32, ctypes.c_int, vp, i32, i32,
                               i64, ctypes.c_uint32]),
         ("rd_free", None, [search_p]),

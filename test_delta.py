@@ -181,6 +181,29 @@ def test_checksum1_large_buffer_wraps_like_rsync(impl):
     assert checksum1(memoryview(data)[1:-1]) == checksum1_reference(data[1:-1])
 
 
+@pytest.mark.skipif(rsync_delta._lib is None, reason="the C library is not built")
+def test_every_vector_width_of_the_c_weak_sums_agrees():
+    """The C library sums 32 (AVX2) or 16 (SSE2) bytes at a time where the
+    CPU can; each width it has must give the scalar loop's results."""
+    lib = rsync_delta._lib
+    best = lib.rd_simd(-1)
+    rng = random.Random(21)
+    cases = [rng.randbytes(n) for n in list(range(0, 100)) + [1000, 4096, 65536 + 7, 1 << 20]]
+    cases += [b"\x80" * 100_000, b"\x7f" * 100_000, b"\xff" * 70_001]
+    try:
+        for level in range(best + 1):
+            assert lib.rd_simd(level) == level
+            for data in cases:
+                assert rsync_delta._checksum1_c(data) == checksum1_reference(data), (level, len(data))
+            data = cases[-4]
+            for blength in (700, 32, 33, 4096):
+                sums = rsync_delta._block_checksum1s_c(data, blength)
+                assert list(sums) == [checksum1_reference(data[i:i + blength])
+                                      for i in range(0, len(data), blength)]
+    finally:
+        lib.rd_simd(-1)
+
+
 def test_pure_weak_sums_are_exact():
     rng = random.Random(15)
     for n in (0, 1, 255, 256, 257, 1000, 16384, 16385, 131072):

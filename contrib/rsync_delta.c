@@ -87,11 +87,106 @@ RD_API size_t rd_public_size(void)
 /* rsync's weak checksum: s1 is the sum of the bytes taken as signed chars,
  * s2 the sum of the running s1 values, both modulo 2^32. A 16-byte step
  * adds 16 times the old s1 plus the bytes weighted 16, 15, ... 1. */
+/* s1 and s2 over n bytes, 16 (or, with AVX2, 32) at a time when the CPU
+ * has the vector instructions: each lane adds up part of a chunk's plain and
+ * weighted sums, and s2 gains the chunk size times s1 as it was before the
+ * chunk. Sums wrap modulo 2^32 in every lane, which is what the scalar loop
+ * does too. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define RD_X86 1
+
+static uint32_t hsum128(__m128i v)
+{
+	v = _mm_add_epi32(v, _mm_shuffle_epi32(v, 0x4E));
+	v = _mm_add_epi32(v, _mm_shuffle_epi32(v, 0xB1));
+	return (uint32_t)_mm_cvtsi128_si32(v);
+}
+
+static int64_t weak_sums_sse2(const signed char *p, int64_t n, uint32_t *s1p, uint32_t *s2p)
+{
+	const __m128i w_lo = _mm_setr_epi16(16, 15, 14, 13, 12, 11, 10, 9);
+	const __m128i w_hi = _mm_setr_epi16(8, 7, 6, 5, 4, 3, 2, 1);
+	const __m128i ones = _mm_set1_epi16(1);
+	__m128i s1 = _mm_setzero_si128(), before = _mm_setzero_si128(), weighted = _mm_setzero_si128();
+	int64_t i;
+
+	for (i = 0; i + 16 <= n; i += 16) {
+		__m128i x = _mm_loadu_si128((const __m128i *)(p + i));
+		__m128i lo = _mm_srai_epi16(_mm_unpacklo_epi8(x, x), 8);
+		__m128i hi = _mm_srai_epi16(_mm_unpackhi_epi8(x, x), 8);
+
+		before = _mm_add_epi32(before, s1);
+		s1 = _mm_add_epi32(s1, _mm_madd_epi16(_mm_add_epi16(lo, hi), ones));
+		weighted = _mm_add_epi32(weighted, _mm_add_epi32(_mm_madd_epi16(lo, w_lo),
+								 _mm_madd_epi16(hi, w_hi)));
+	}
+	*s1p = hsum128(s1);
+	*s2p = 16 * hsum128(before) + hsum128(weighted);
+	return i;
+}
+
+__attribute__((target("avx2")))
+static int64_t weak_sums_avx2(const signed char *p, int64_t n, uint32_t *s1p, uint32_t *s2p)
+{
+	const __m256i w_lo = _mm256_setr_epi16(32, 31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17);
+	const __m256i w_hi = _mm256_setr_epi16(16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1);
+	const __m256i ones = _mm256_set1_epi16(1);
+	__m256i s1 = _mm256_setzero_si256(), before = _mm256_setzero_si256(), weighted = _mm256_setzero_si256();
+	int64_t i;
+
+	for (i = 0; i + 32 <= n; i += 32) {
+		__m256i lo = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + i)));
+		__m256i hi = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + i + 16)));
+
+		before = _mm256_add_epi32(before, s1);
+		s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(_mm256_add_epi16(lo, hi), ones));
+		weighted = _mm256_add_epi32(weighted, _mm256_add_epi32(_mm256_madd_epi16(lo, w_lo),
+								       _mm256_madd_epi16(hi, w_hi)));
+	}
+	*s1p = hsum128(_mm_add_epi32(_mm256_castsi256_si128(s1), _mm256_extracti128_si256(s1, 1)));
+	*s2p = 32 * hsum128(_mm_add_epi32(_mm256_castsi256_si128(before), _mm256_extracti128_si256(before, 1)))
+	       + hsum128(_mm_add_epi32(_mm256_castsi256_si128(weighted), _mm256_extracti128_si256(weighted, 1)));
+	return i;
+}
+
+#endif
+
+/* 0: the scalar loop, 1: SSE2, 2: AVX2; -1 until the CPU was asked. */
+static int simd_level = -1;
+
+static int simd_supported(void)
+{
+#ifdef RD_X86
+	return __builtin_cpu_supports("avx2") ? 2 : 1;
+#else
+	return 0;
+#endif
+}
+
+/* The vector width weak_sums uses: the best the CPU has, or at most `want`
+ * when want >= 0 (tests compare every level with the scalar loop). */
+RD_API int rd_simd(int want)
+{
+	int best = simd_supported();
+
+	simd_level = want < 0 || want > best ? best : want;
+	return simd_level;
+}
+
 static void weak_sums(const signed char *p, int64_t n, uint32_t *s1p, uint32_t *s2p)
 {
 	uint32_t s1 = 0, s2 = 0;
 	int64_t i = 0;
 
+	if (simd_level < 0)
+		rd_simd(-1);
+#ifdef RD_X86
+	if (n >= 32 && simd_level == 2)
+		i = weak_sums_avx2(p, n, &s1, &s2);
+	else if (n >= 32 && simd_level == 1)
+		i = weak_sums_sse2(p, n, &s1, &s2);
+#endif
 	for (; i + 16 <= n; i += 16) {
 		int32_t plain = 0, weighted = 0;
 		int j;
