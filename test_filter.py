@@ -16,17 +16,14 @@ from pathlib import Path
 import pytest
 
 import rsync_filter as rf
+from conftest import need
 from rsync_filter import Flag, FilterError, FilterList, wildmatch
 
 RSYNC = shutil.which("rsync")
 
 
 def need_rsync() -> str:
-    if RSYNC is None:
-        if os.environ.get("CI"):
-            pytest.fail("stock rsync is required in CI but is not on PATH")
-        pytest.skip("stock rsync not installed")
-    return RSYNC
+    return need(RSYNC, "stock rsync")
 
 
 # --------------------------------------------------------------------------
