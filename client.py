@@ -18,6 +18,7 @@ import time
 
 import rsync
 import rsync_receiver
+import rsync_sender
 
 PROG = "gokr-rsync"
 
@@ -1091,7 +1092,7 @@ class Push:
                     out.got_xfer_error = True
                 out.error(text)
         cwd = os.open(".", rsync.O_DIR)
-        builder = rsync.FileListBuilder(opts, sess.protocol, cwd, False, self.filters, warn,
+        builder = rsync_sender.FileListBuilder(opts, sess.protocol, cwd, False, self.filters, warn,
                                         sess.checksums.file_checksum if opts.checksum else None)
         try:
             for s in self.sources:
@@ -1117,12 +1118,12 @@ class Push:
                     if not (opts.itemize or local or extra or (e.is_dir() and significant)):
                         return
                 out.event(None, kind, e, iflags, extra)
-            sender = rsync.Sender(sess, entries, warn, out=event)
+            sender = rsync_sender.Sender(sess, entries, warn, out=event)
             sender.send_file_list(builder.io_error, int((time.monotonic() - t0) * 1000))
             sess.stats.total_size = sum(e.size for e in entries if e.is_reg() or e.is_link())
             if entries:
                 sender.send_files()
-                rsync.read_final_goodbye(sess, len(entries))
+                rsync_sender.read_final_goodbye(sess, len(entries))
         finally:
             builder.close()
             os.close(cwd)

@@ -12,7 +12,7 @@ setup(
     description="rsync server and client in Python, interoperating with stock rsync",
     license="BSD-3-Clause",
     python_requires=">=3.11",
-    py_modules=["rsync", "rsync_receiver", "rsync_md4", "rsync_filter", "rsync_delta", "rsync_compress", "rsync_conf",
+    py_modules=["rsync", "rsync_sender", "rsync_receiver", "rsync_md4", "rsync_filter", "rsync_delta", "rsync_compress", "rsync_conf",
                 "rsync_jail", "rsync_sshd", "daemon", "client"],
     ext_modules=[Extension("_rsync_delta", ["contrib/rsync_delta.c"], optional=True,
                            extra_compile_args=["-O3"])],

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 import daemon
-import rsync
+import rsync_sender
 from conftest import run
 
 
@@ -43,13 +43,13 @@ def tree(tmp_path):
 def test_vanished_file_gives_24_and_the_rest_transfers(inproc, tmp_path, rsync_bin, monkeypatch):
     mod = tree(tmp_path)
     srv = inproc({"m": str(mod)})
-    real_open = rsync.Base.open_file
+    real_open = rsync_sender.Base.open_file
 
     def racing_open(self, rel, noatime=False):
         if rel == b"vanish":
             os.unlink(mod / "vanish")
         return real_open(self, rel, noatime)
-    monkeypatch.setattr(rsync.Base, "open_file", racing_open)
+    monkeypatch.setattr(rsync_sender.Base, "open_file", racing_open)
     dst = tmp_path / "dst"
     p = run([rsync_bin, "-a", srv.url + "/m/", str(dst) + "/"], check=False)
     assert p.returncode == 24, p.stderr
@@ -61,13 +61,13 @@ def test_vanished_file_gives_24_and_the_rest_transfers(inproc, tmp_path, rsync_b
 def test_unreadable_file_gives_23_and_the_rest_transfers(inproc, tmp_path, rsync_bin, monkeypatch):
     mod = tree(tmp_path)
     srv = inproc({"m": str(mod)})
-    real_open = rsync.Base.open_file
+    real_open = rsync_sender.Base.open_file
 
     def denied_open(self, rel, noatime=False):
         if rel == b"locked":
             raise PermissionError(13, "Permission denied")
         return real_open(self, rel, noatime)
-    monkeypatch.setattr(rsync.Base, "open_file", denied_open)
+    monkeypatch.setattr(rsync_sender.Base, "open_file", denied_open)
     for proto in ("--protocol=29", "--protocol=32"):
         dst = tmp_path / ("dst" + proto[-2:])
         p = run([rsync_bin, "-a", proto, srv.url + "/m/", str(dst) + "/"], check=False)

@@ -18,6 +18,7 @@ import pytest
 
 import rsync
 import rsync_receiver
+import rsync_sender
 import rsync_compress as rc
 import rsync_delta
 from conftest import RSYNC, RSYNC_327, need, run
@@ -925,8 +926,8 @@ class ScriptedDaemon:
             sess.out.flush()
         sess.out.ndx(rsync.NDX_DONE)
         sess.out.flush()
-        rsync.write_stats(sess)
-        rsync.read_final_goodbye(sess, len(entries))
+        rsync_sender.write_stats(sess)
+        rsync_sender.read_final_goodbye(sess, len(entries))
         sess.out.flush()
 
     def send_file(self, sess, writer, data, head, sum1s, sum2s, compress):
