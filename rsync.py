@@ -1134,11 +1134,12 @@ def sort_file_list(entries, protocol):
         e.ndx = i
 
 
-class FlistEncoder:
-    """send_file_entry: writes entries with the SAME_* compression state."""
+class _FlistState:
+    """What both ends of the file list remember of the previous entry (the
+    static variables of send_file_entry and recv_file_entry), against which
+    the XMIT_SAME_* flags say a field repeats."""
 
-    def __init__(self, out, opts, protocol, xfer_flags_as_varint, csum_len):
-        self.out = out
+    def __init__(self, opts, protocol, xfer_flags_as_varint, csum_len):
         self.opts = opts
         self.protocol = protocol
         self.varint_flags = xfer_flags_as_varint
@@ -1151,6 +1152,14 @@ class FlistEncoder:
         self.gid = 0
         self.dev = -1
         self.lastname = b""
+
+
+class FlistEncoder(_FlistState):
+    """send_file_entry: writes entries with the SAME_* compression state."""
+
+    def __init__(self, out, opts, protocol, xfer_flags_as_varint, csum_len):
+        super().__init__(opts, protocol, xfer_flags_as_varint, csum_len)
+        self.out = out
         self.users = {}
         self.groups = {}
         self.hlinks = {}
@@ -1417,28 +1426,16 @@ def _show(name):
     return name.decode("utf-8", "backslashreplace")
 
 
-class FlistDecoder:
+class FlistDecoder(_FlistState):
     """recv_file_entry: reads entries, undoing the SAME_* compression and
     checking every field against the protocol's limits."""
 
     MAX_ENTRIES = 50_000_000
 
     def __init__(self, inp, opts, protocol, xfer_flags_as_varint, csum_len, id0_names=False):
+        super().__init__(opts, protocol, xfer_flags_as_varint, csum_len)
         self.inp = inp
-        self.opts = opts
-        self.protocol = protocol
-        self.varint_flags = xfer_flags_as_varint
-        self.csum_len = csum_len
         self.id0_names = id0_names
-        self.modtime = 0
-        self.nsec = 0
-        self.mode = 0
-        self.rdev_major = 0
-        self.rdev = (0, 0)
-        self.uid = 0
-        self.gid = 0
-        self.dev = -1
-        self.lastname = b""
         self.entries = []
         self.io_error = 0
 

@@ -333,6 +333,17 @@ class Receiver:
                 sess.out.write_parts(sums)
         self._pace()
 
+    def _end_deletions(self):
+        """From 31: NDX_DEL_STATS with the deletion counts (with --delete),
+        then the NDX_DONE that ends the deleting phase."""
+        out = self.sess.out
+        if self.opts.delete:
+            out.ndx(NDX_DEL_STATS)
+            for v in self.del_stats:
+                out.varint(v)
+        self._mark(NDX_DONE)
+        out.ndx(NDX_DONE)
+
     FLUSH_AFTER = 0.005
 
     def _pace(self):
@@ -458,12 +469,7 @@ class Receiver:
             out.ndx(NDX_DONE)
         early_delete = opts.delete_mode not in ("after", "delay")
         if p >= 31 and early_delete:
-            if opts.delete:
-                out.ndx(NDX_DEL_STATS)
-                for v in self.del_stats:
-                    out.varint(v)
-            self._mark(NDX_DONE)
-            out.ndx(NDX_DONE)
+            self._end_deletions()
         out.flush()
         if p >= 29:
             while dones < 3:
@@ -474,12 +480,7 @@ class Receiver:
                 if e.is_dir() and e.flags & FLAG_CONTENT_DIR:
                     self._delete_in_dir(e)
         if p >= 31 and not early_delete:
-            if opts.delete:
-                out.ndx(NDX_DEL_STATS)
-                for v in self.del_stats:
-                    out.varint(v)
-            self._mark(NDX_DONE)
-            out.ndx(NDX_DONE)
+            self._end_deletions()
             out.flush()
         if p >= 31:
             while dones < 4:
