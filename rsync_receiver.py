@@ -11,6 +11,7 @@ processes do. Everything below the destination is reached through
 directory descriptors opened with O_NOFOLLOW.
 """
 
+import collections
 import functools
 import os
 import queue
@@ -226,7 +227,7 @@ class Receiver:
         self.filters = filters
         self.out = out or (lambda kind, e, iflags, extra: None)
         self.progress = progress
-        self.expect = []
+        self.expect = collections.deque()
         self.expect_lock = threading.Lock()
         self.expect_cond = threading.Condition(self.expect_lock)
         self.to_gen = queue.Queue()
@@ -967,7 +968,7 @@ class Receiver:
         with self.expect_cond:
             while not self.expect:
                 self.expect_cond.wait()
-            want = self.expect.pop(0)
+            want = self.expect.popleft()
         if want[0] == "error":
             raise self.gen_error or RsyncError("generator failed")
         if want[0] != ndx:
