@@ -442,6 +442,12 @@ class RawIn:
         self.pos += k
         return mv
 
+    def byte(self):
+        if self.pos < self.end:
+            self.pos += 1
+            return self.buf[self.pos - 1]
+        return self.read(1)[0]
+
     def read(self, n):
         """Exactly n bytes."""
         if self.end - self.pos >= n:
@@ -513,6 +519,14 @@ class Demux:
         self.left -= len(mv)
         return mv
 
+    def byte(self):
+        raw = self.raw
+        if self.left and raw.pos < raw.end:
+            self.left -= 1
+            raw.pos += 1
+            return raw.buf[raw.pos - 1]
+        return self.read(1)[0]
+
     def read(self, n):
         raw = self.raw
         if self.left >= n and raw.end - raw.pos >= n:
@@ -532,8 +546,8 @@ class Demux:
 
 
 class In:
-    """Decodes rsync's integer and string encodings (io.c) from `src`, any
-    object with `read(n)` returning exactly n bytes."""
+    """Decodes rsync's integer and string encodings (io.c) from `src` (a
+    RawIn or Demux): `read(n)` returns exactly n bytes, `byte()` one."""
 
     def __init__(self, src, protocol=PROTOCOL_VERSION):
         self.src = src
@@ -551,7 +565,7 @@ class In:
         return self.src.take(n)
 
     def byte(self):
-        return self.src.read(1)[0]
+        return self.src.byte()
 
     def shortint(self):
         return struct.unpack("<H", self.src.read(2))[0]
