@@ -8,10 +8,12 @@ lists the modules.
 """
 
 import base64
+import collections
 import hashlib
 import os
 import shlex
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -943,21 +945,27 @@ class Pull:
             self.filters.add_cvs_exclude(server=False, sender=False)
         return rules
 
+    _requested = None
+
+    def _requested_names(self):
+        """True when a source asks for a directory's contents (any name may
+        come), else the requested base names and their "name/" prefixes."""
+        bases = set()
+        for s in self.sources:
+            path = os.fsencode(s.path)
+            if not path.strip(b"/") or path.endswith(b"/") or path == b"." or path.endswith(b"/."):
+                return True
+            bases.add(path.rsplit(b"/", 1)[-1])
+        return bases, tuple(b + b"/" for b in bases)
+
     def check_requested(self, e):
         """The server may only send what we asked for (CVE-2022-29154): names
         below a requested directory, or the requested file itself, and
         nothing our own filters exclude."""
-        allowed = False
-        for s in self.sources:
-            path = os.fsencode(s.path)
-            if not path.strip(b"/") or path.endswith(b"/") or path == b"." or path.endswith(b"/."):
-                allowed = True
-                break
-            base = path.rsplit(b"/", 1)[-1]
-            if e.name == base or e.name.startswith(base + b"/"):
-                allowed = True
-                break
-        if not allowed:
+        requested = self._requested
+        if requested is None:
+            requested = self._requested = self._requested_names()
+        if requested is not True and not (e.name in requested[0] or e.name.startswith(requested[1])):
             raise rsync.ProtocolError("ERROR: rejecting unrequested file-list name: %s" % rsync._show(e.name),
                                       rsync.RERR_PROTOCOL)
         if self.filters is not None and e.name != b"." and \
@@ -1131,12 +1139,19 @@ class Push:
 
 
 def count_files(st, entries):
+    kinds = collections.Counter()
+    total = 0
+    for e in entries:
+        fmt = stat.S_IFMT(e.mode)
+        kinds[fmt] += 1
+        if fmt == stat.S_IFREG or fmt == stat.S_IFLNK:
+            total += e.size
     st.num_files = len(entries)
-    st.num_dirs = sum(1 for e in entries if e.is_dir())
-    st.num_symlinks = sum(1 for e in entries if e.is_link())
-    st.num_devices = sum(1 for e in entries if rsync._is_device(e.mode))
-    st.num_specials = sum(1 for e in entries if rsync._is_special(e.mode))
-    st.total_size = sum(e.size for e in entries if e.is_reg() or e.is_link())
+    st.num_dirs = kinds[stat.S_IFDIR]
+    st.num_symlinks = kinds[stat.S_IFLNK]
+    st.num_devices = kinds[stat.S_IFCHR] + kinds[stat.S_IFBLK]
+    st.num_specials = kinds[stat.S_IFIFO] + kinds[stat.S_IFSOCK]
+    st.total_size = total
 
 
 def build_filters(opts, dest):

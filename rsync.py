@@ -484,6 +484,16 @@ class RawIn:
     def pending(self):
         return self.end - self.pos
 
+    def peek(self):
+        """A copy of the buffered bytes (waits for one if there are none),
+        left in place until skip(n)."""
+        if self.pos == self.end and not self._fill():
+            raise ConnectionClosed()
+        return bytes(self.view[self.pos:self.end])
+
+    def skip(self, n):
+        self.pos += n
+
 
 class Demux:
     """Reads rsync's multiplexed stream (io.c read_a_msg): frames of a 4-byte
@@ -544,6 +554,20 @@ class Demux:
     def pending(self):
         return min(self.left, self.raw.pending())
 
+    def peek(self):
+        """A copy of the data bytes at hand in the current frame (waits for
+        one if there are none), left in place until skip(n)."""
+        if not self.left:
+            self._next_frame()
+        raw = self.raw
+        if raw.pos == raw.end and not raw._fill():
+            raise ConnectionClosed()
+        return bytes(raw.view[raw.pos:min(raw.end, raw.pos + self.left)])
+
+    def skip(self, n):
+        self.left -= n
+        self.raw.pos += n
+
 
 class In:
     """Decodes rsync's integer and string encodings (io.c) from `src` (a
@@ -563,6 +587,14 @@ class In:
     def take(self, n):
         """A view of 1..n bytes, without copying (valid until the next read)."""
         return self.src.take(n)
+
+    def peek(self):
+        """The bytes that can be read without waiting, as bytes (at least
+        one: waits when there are none); they stay unread until skip(n)."""
+        return self.src.peek()
+
+    def skip(self, n):
+        self.src.skip(n)
 
     def byte(self):
         return self.src.byte()
@@ -1132,6 +1164,8 @@ def sort_key(name, is_dir, protocol):
         return name
     if name == b".":
         return b"\0"
+    if b"/" not in name:
+        return b"\1" + name + b"/\0" if is_dir else b"\0" + name
     parts = name.split(b"/")
     key = [b"\1" + p + b"/" for p in parts[:-1]]
     if is_dir:
@@ -1143,7 +1177,7 @@ def sort_key(name, is_dir, protocol):
 
 def sort_file_list(entries, protocol):
     """Sorts in place as both sides of rsync do before using indexes."""
-    entries.sort(key=lambda e: sort_key(e.name, stat.S_ISDIR(e.mode), protocol))
+    entries.sort(key=lambda e: sort_key(e.name, e.mode & 0o170000 == stat.S_IFDIR, protocol))
     for i, e in enumerate(entries):
         e.ndx = i
 
@@ -1420,6 +1454,8 @@ def gid_by_name(name):
 
 
 MAX_WIRE_NSEC = 999999999
+_WIRE_TYPES = frozenset((stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFCHR, stat.S_IFBLK,
+                         stat.S_IFIFO, stat.S_IFSOCK))
 
 
 def check_name(name, relative=False):
@@ -1427,9 +1463,11 @@ def check_name(name, relative=False):
     name it is sent: no `..` component, no absolute name, no NUL."""
     if b"\0" in name:
         raise ProtocolError("file name contains a NUL byte: %r" % name, RERR_PROTOCOL)
-    if name.startswith(b"/") and not relative:
+    if name[:1] == b"/" and not relative:
         raise ProtocolError("ABORTING due to unsafe pathname from sender: %s" % _show(name),
                             RERR_UNSUPPORTED)
+    if b".." not in name:
+        return
     for part in name.split(b"/"):
         if part == b"..":
             raise ProtocolError("ABORTING due to invalid path from sender: %s" % _show(name),
@@ -1440,11 +1478,84 @@ def _show(name):
     return name.decode("utf-8", "backslashreplace")
 
 
+class _Short(Exception):
+    """The bytes at hand end inside the item being parsed."""
+
+
+_SHORT = (_Short, IndexError, struct.error)
+
+
+def varint_at(data, pos):
+    """read_varint over data[pos:]: (value, position after it)."""
+    ch = data[pos]
+    extra = _INT_BYTE_EXTRA[ch >> 2]
+    if not extra:
+        return ch, pos + 1
+    if extra >= 5:
+        raise ProtocolError("Overflow in read_varint()")
+    end = pos + 1 + extra
+    if end > len(data):
+        raise _Short
+    v = int.from_bytes(data[pos + 1:end], "little")
+    if extra < 4:
+        return v | (ch & ((1 << (8 - extra)) - 1)) << (8 * extra), end
+    return (v - (1 << 32) if v >> 31 else v), end
+
+
+def varlong_at(data, pos, min_bytes):
+    """read_varlong over data[pos:]: (value, position after it)."""
+    end = pos + min_bytes
+    if end > len(data):
+        raise _Short
+    first = data[pos]
+    extra = _INT_BYTE_EXTRA[first >> 2]
+    if min_bytes + extra > 9:
+        raise ProtocolError("Overflow in read_varlong()")
+    if extra:
+        stop = end + extra
+        if stop > len(data):
+            raise _Short
+        low = min_bytes - 1 + extra
+        v = int.from_bytes(data[pos + 1:stop], "little")
+        if low < 8:
+            v |= (first & ((1 << (8 - extra)) - 1)) << (8 * low)
+        end = stop
+    else:
+        v = int.from_bytes(data[pos + 1:end], "little") | first << (8 * (min_bytes - 1))
+    return (v - (1 << 64) if v >> 63 else v), end
+
+
+def longint_at(data, pos):
+    """read_longint: int32, or -1 followed by an int64."""
+    v = _I32.unpack_from(data, pos)[0]
+    if v != -1:
+        return v, pos + 4
+    return _I64.unpack_from(data, pos + 4)[0], pos + 12
+
+
+_I32 = struct.Struct("<i")
+_U32 = struct.Struct("<I")
+_I64 = struct.Struct("<q")
+
+
+def _bytes_at(data, pos, n):
+    end = pos + n
+    if end > len(data):
+        raise _Short
+    return data[pos:end], end
+
+
 class FlistDecoder(_FlistState):
     """recv_file_entry: reads entries, undoing the SAME_* compression and
-    checking every field against the protocol's limits."""
+    checking every field against the protocol's limits.
+
+    Entries are parsed straight out of the bytes the input has buffered
+    (`In.peek`); one that runs past them is parsed again once more bytes
+    are there, so parsing never waits in the middle of an entry and a
+    parse that comes up short changes nothing."""
 
     MAX_ENTRIES = 50_000_000
+    MAX_ENTRY_BYTES = 3 * MAX_PATH
 
     def __init__(self, inp, opts, protocol, xfer_flags_as_varint, csum_len, id0_names=False):
         super().__init__(opts, protocol, xfer_flags_as_varint, csum_len)
@@ -1452,132 +1563,238 @@ class FlistDecoder(_FlistState):
         self.id0_names = id0_names
         self.entries = []
         self.io_error = 0
+        self.ended = False
 
-    def read_flags(self):
-        """The next entry's xflags, or None at the end of the list."""
-        i, p = self.inp, self.protocol
+    def recv_entries(self, check=None):
+        """Every entry up to the end of the list; `check(entry)` sees each."""
+        inp, parse = self.inp, self.parse
+        while not self.ended:
+            data = inp.peek()
+            pos = 0
+            try:
+                while True:
+                    e, after = parse(data, pos)
+                    pos = after
+                    if e is None:
+                        break
+                    if check is not None:
+                        check(e)
+            except _SHORT:
+                inp.skip(pos)
+                e = self._recv_spanning()
+                if e is not None and check is not None:
+                    check(e)
+                continue
+            inp.skip(pos)
+        return self.entries
+
+    def recv_entry(self):
+        """The next entry, or None at the end of the list."""
+        return None if self.ended else self._recv_spanning()
+
+    def _recv_spanning(self):
+        """One entry whose bytes may arrive in several pieces."""
+        inp = self.inp
+        have = b""
+        while True:
+            more = inp.peek()
+            data = have + more
+            try:
+                e, pos = self.parse(data, 0)
+            except _SHORT:
+                inp.skip(len(more))
+                have = data
+                if len(have) > self.MAX_ENTRY_BYTES:
+                    raise ProtocolError("file-list entry longer than %d bytes" % self.MAX_ENTRY_BYTES)
+                continue
+            inp.skip(pos - len(have))
+            return e
+
+    def parse(self, data, pos):
+        """One entry from data[pos:]: (entry, position after it), or (None,
+        position) at the end of the list. Raises _Short, IndexError or
+        struct.error (and changes nothing) when data ends first."""
+        p, opts = self.protocol, self.opts
         if self.varint_flags:
-            xflags = i.varint()
+            xflags, pos = varint_at(data, pos)
             if xflags == 0:
-                self.io_error = i.varint()
-                return None
-            return xflags
-        xflags = i.byte()
-        if xflags == 0:
-            return None
-        if p >= 28 and xflags & XMIT_EXTENDED_FLAGS:
-            xflags |= i.byte() << 8
-            if xflags == XMIT_EXTENDED_FLAGS | XMIT_IO_ERROR_ENDLIST:
-                self.io_error = i.varint()
-                return None
-        return xflags
-
-    def recv(self, xflags):
-        i, p, opts = self.inp, self.protocol, self.opts
-        l1 = i.byte() if xflags & XMIT_SAME_NAME else 0
-        if xflags & XMIT_LONG_NAME:
-            l2 = i.varint30()
+                self.io_error, pos = varint_at(data, pos)
+                self.ended = True
+                return None, pos
         else:
-            l2 = i.byte()
-        if l1 > len(self.lastname) or l2 < 0 or l1 + l2 >= MAX_PATH:
+            xflags = data[pos]
+            pos += 1
+            if xflags == 0:
+                self.ended = True
+                return None, pos
+            if p >= 28 and xflags & XMIT_EXTENDED_FLAGS:
+                xflags |= data[pos] << 8
+                pos += 1
+                if xflags == XMIT_EXTENDED_FLAGS | XMIT_IO_ERROR_ENDLIST:
+                    self.io_error, pos = varint_at(data, pos)
+                    self.ended = True
+                    return None, pos
+        if xflags & XMIT_SAME_NAME:
+            l1 = data[pos]
+            pos += 1
+        else:
+            l1 = 0
+        if not xflags & XMIT_LONG_NAME:
+            l2 = data[pos]
+            pos += 1
+        elif p >= 30:
+            l2, pos = varint_at(data, pos)
+        else:
+            l2 = _I32.unpack_from(data, pos)[0]
+            pos += 4
+        lastname = self.lastname
+        if l1 > len(lastname) or l2 < 0 or l1 + l2 >= MAX_PATH:
             raise ProtocolError("overflow: xflags=0x%x l1=%d l2=%d" % (xflags, l1, l2))
-        name = self.lastname[:l1] + i.read(l2)
-        self.lastname = name
+        end = pos + l2
+        if end > len(data):
+            raise _Short
+        name = lastname[:l1] + data[pos:end] if l1 else data[pos:end]
+        pos = end
         if not name:
             raise ProtocolError("empty file name in file list")
-        check_name(name, getattr(opts, "relative", False))
+        check_name(name, opts.relative)
         if len(self.entries) >= self.MAX_ENTRIES:
             raise ProtocolError("file list too large", RERR_MALLOC)
-        e = FileEntry(name)
-        ndx = len(self.entries)
         if p >= 30 and xflags & XMIT_HLINKED and not xflags & XMIT_HLINK_FIRST:
-            first = i.varint()
-            if first < 0 or first >= ndx:
-                raise ProtocolError("hard-link reference out of range: %d (%d)" % (first, ndx))
-            f = self.entries[first]
-            e.size, e.mtime, e.nsec, e.mode = f.size, f.mtime, f.nsec, f.mode
-            e.uid, e.gid, e.user, e.group = f.uid, f.gid, f.user, f.group
-            e.rdev_major, e.rdev_minor, e.link = f.rdev_major, f.rdev_minor, f.link
-            e.hl_first = first
-            self.modtime, self.mode, self.uid, self.gid = f.mtime, f.mode, f.uid, f.gid
-            e.flags = _entry_flags(xflags, p)
-            self.entries.append(e)
-            return e
-        size = i.varlong30(3)
+            return self._hlink_follower(data, pos, name, xflags)
+        if p >= 30:
+            size, pos = varlong_at(data, pos, 3)
+        else:
+            size, pos = longint_at(data, pos)
         if size < 0:
             raise ProtocolError("negative file size for %s" % _show(name))
-        e.size = size
+        modtime = self.modtime
         if not xflags & XMIT_SAME_TIME:
-            self.modtime = i.varlong(4) if p >= 30 else i.uint32()
-        e.mtime = self.modtime
+            if p >= 30:
+                modtime, pos = varlong_at(data, pos, 4)
+            else:
+                modtime = _U32.unpack_from(data, pos)[0]
+                pos += 4
+        nsec = 0
         if xflags & XMIT_MOD_NSEC:
-            nsec = i.varint()
+            nsec, pos = varint_at(data, pos)
             if not 0 <= nsec <= MAX_WIRE_NSEC:
                 raise ProtocolError("wire value modtime_nsec out of range: %d" % nsec)
-            e.nsec = nsec
+        mode = self.mode
         if not xflags & XMIT_SAME_MODE:
-            mode = i.uint32()
-            if stat.S_IFMT(mode) not in (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFCHR,
-                                         stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK):
+            mode = _U32.unpack_from(data, pos)[0]
+            pos += 4
+            if stat.S_IFMT(mode) not in _WIRE_TYPES:
                 raise ProtocolError("invalid mode 0%o for %s" % (mode, _show(name)))
-            self.mode = mode
-        e.mode = mode = self.mode
+        uid, gid, user, group = self.uid, self.gid, None, None
         if opts.owner and not xflags & XMIT_SAME_UID:
             if p < 30:
-                self.uid = i.int32() & 0xFFFFFFFF
+                uid = _U32.unpack_from(data, pos)[0]
+                pos += 4
             else:
-                self.uid = i.varint() & 0xFFFFFFFF
+                uid, pos = varint_at(data, pos)
+                uid &= 0xFFFFFFFF
                 if xflags & XMIT_USER_NAME_FOLLOWS:
-                    e.user = i.read(i.byte()) or None
-        e.uid = self.uid
+                    user, pos = _bytes_at(data, pos + 1, data[pos])
+                    user = user or None
         if opts.group and not xflags & XMIT_SAME_GID:
             if p < 30:
-                self.gid = i.int32() & 0xFFFFFFFF
+                gid = _U32.unpack_from(data, pos)[0]
+                pos += 4
             else:
-                self.gid = i.varint() & 0xFFFFFFFF
+                gid, pos = varint_at(data, pos)
+                gid &= 0xFFFFFFFF
                 if xflags & XMIT_GROUP_NAME_FOLLOWS:
-                    e.group = i.read(i.byte()) or None
-        e.gid = self.gid
-        if (opts.devices and _is_device(mode)) or (opts.specials and _is_special(mode) and p < 31):
+                    group, pos = _bytes_at(data, pos + 1, data[pos])
+                    group = group or None
+        rdev_major, rdev, e_rdev = self.rdev_major, self.rdev, None
+        fmt = stat.S_IFMT(mode)
+        device = fmt == stat.S_IFCHR or fmt == stat.S_IFBLK
+        if (opts.devices and device) or (opts.specials and p < 31 and (fmt == stat.S_IFIFO or
+                                                                       fmt == stat.S_IFSOCK)):
             if p < 28:
                 if not xflags & XMIT_SAME_RDEV_pre28:
-                    r = i.uint32()
-                    self.rdev = (os.major(r), os.minor(r))
+                    r = _U32.unpack_from(data, pos)[0]
+                    pos += 4
+                    rdev = (os.major(r), os.minor(r))
             else:
                 if not xflags & XMIT_SAME_RDEV_MAJOR:
-                    self.rdev_major = i.varint30() & 0xFFFFFFFF
+                    if p >= 30:
+                        rdev_major, pos = varint_at(data, pos)
+                    else:
+                        rdev_major = _I32.unpack_from(data, pos)[0]
+                        pos += 4
+                    rdev_major &= 0xFFFFFFFF
                 if p >= 30:
-                    minor = i.varint() & 0xFFFFFFFF
+                    minor, pos = varint_at(data, pos)
+                    minor &= 0xFFFFFFFF
                 elif xflags & XMIT_RDEV_MINOR_8_pre30:
-                    minor = i.byte()
+                    minor = data[pos]
+                    pos += 1
                 else:
-                    minor = i.int32() & 0xFFFFFFFF
-                self.rdev = (self.rdev_major, minor)
-            e.rdev_major, e.rdev_minor = self.rdev
-            e.size = 0
-        elif _is_device(mode):
-            e.size = 0
+                    minor = _U32.unpack_from(data, pos)[0]
+                    pos += 4
+                rdev = (rdev_major, minor)
+            e_rdev = rdev
+            size = 0
+        elif device:
+            size = 0
         elif p < 28:
-            self.rdev = (0, 0)
-        if opts.links and stat.S_ISLNK(mode):
-            n = i.varint30()
+            rdev = (0, 0)
+        link = None
+        if fmt == stat.S_IFLNK and opts.links:
+            if p >= 30:
+                n, pos = varint_at(data, pos)
+            else:
+                n = _I32.unpack_from(data, pos)[0]
+                pos += 4
             if n <= 0 or n >= MAX_PATH:
                 raise ProtocolError("invalid symlink length %d for %s" % (n, _show(name)))
-            e.link = i.read(n)
-            if b"\0" in e.link:
+            link, pos = _bytes_at(data, pos, n)
+            if b"\0" in link:
                 raise ProtocolError("symlink target contains NUL for %s" % _show(name))
-        if opts.hard_links and (xflags & XMIT_HLINKED or (p < 28 and stat.S_ISREG(mode))) and p < 30:
+        dev, hl_dev, hl_ino = self.dev, -1, 0
+        if opts.hard_links and p < 30 and (xflags & XMIT_HLINKED or (p < 28 and fmt == stat.S_IFREG)):
             if p < 28 or not xflags & XMIT_SAME_DEV_pre30:
-                self.dev = i.longint() - 1
-            e.hl_dev = self.dev
-            e.hl_ino = i.longint()
-        if opts.checksum and (stat.S_ISREG(mode) or p < 28):
-            s = i.read(self.csum_len)
-            if stat.S_ISREG(mode):
-                e.sum = s
+                dev, pos = longint_at(data, pos)
+                dev -= 1
+            hl_dev = dev
+            hl_ino, pos = longint_at(data, pos)
+        csum = None
+        if opts.checksum and (fmt == stat.S_IFREG or p < 28):
+            csum, pos = _bytes_at(data, pos, self.csum_len)
+            if fmt != stat.S_IFREG:
+                csum = None
+        e = FileEntry(name, mode, size, modtime, nsec, uid, gid)
+        if user is not None or group is not None:
+            e.user, e.group = user, group
+        if e_rdev is not None:
+            e.rdev_major, e.rdev_minor = e_rdev
+        e.link = link
+        e.hl_dev, e.hl_ino, e.sum = hl_dev, hl_ino, csum
         e.flags = _entry_flags(xflags, p)
+        self.lastname, self.modtime, self.mode, self.uid, self.gid = name, modtime, mode, uid, gid
+        self.rdev_major, self.rdev, self.dev = rdev_major, rdev, dev
         self.entries.append(e)
-        return e
+        return e, pos
+
+    def _hlink_follower(self, data, pos, name, xflags):
+        """From 30, a hard link after the first of its group names that
+        first entry and repeats its attributes."""
+        ndx = len(self.entries)
+        first, pos = varint_at(data, pos)
+        if first < 0 or first >= ndx:
+            raise ProtocolError("hard-link reference out of range: %d (%d)" % (first, ndx))
+        f = self.entries[first]
+        e = FileEntry(name, f.mode, f.size, f.mtime, f.nsec, f.uid, f.gid)
+        e.user, e.group = f.user, f.group
+        e.rdev_major, e.rdev_minor, e.link = f.rdev_major, f.rdev_minor, f.link
+        e.hl_first = first
+        e.flags = _entry_flags(xflags, self.protocol)
+        self.lastname = name
+        self.modtime, self.mode, self.uid, self.gid = f.mtime, f.mode, f.uid, f.gid
+        self.entries.append(e)
+        return e, pos
 
     def recv_id_lists(self):
         """recv_id_list: the uid and gid name lists after the file list."""

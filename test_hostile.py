@@ -94,11 +94,7 @@ def read_flist(sess):
     sess.out.flush()
     dec = rsync.FlistDecoder(sess.inp, sess.opts, sess.protocol, sess.xfer_flags_as_varint,
                              sess.checksums.file_len, sess.id0_names)
-    while True:
-        x = dec.read_flags()
-        if x is None:
-            break
-        dec.recv(x)
+    dec.recv_entries()
     dec.recv_id_lists()
     if sess.protocol < 30:
         sess.inp.int32()

@@ -12,8 +12,8 @@ import pytest
 import rsync
 
 
-def reader(data, protocol=32):
-    return rsync.In(rsync.RawIn(rsync.BytesTransport(data, chunk=7)), protocol)
+def reader(data, protocol=32, chunk=7):
+    return rsync.In(rsync.RawIn(rsync.BytesTransport(data, chunk=chunk)), protocol)
 
 
 def writer(protocol=32):
@@ -40,6 +40,36 @@ def test_varlong_roundtrip():
         for _ in range(2000):
             v = rnd.randrange(0, 1 << rnd.choice((8, 16, 31, 40, 62)))
             assert reader(rsync.enc_varlong(v, min_bytes)).varlong(min_bytes) == v
+
+
+def test_buffer_and_stream_integer_decoders_agree():
+    """varint_at/varlong_at (parsing from bytes at hand) and In.varint/
+    In.varlong (reading from a stream) give the same value, length and
+    errors on the same bytes."""
+    rnd = random.Random(2)
+    firsts = [0, 0x7f, 0x80, 0xbf, 0xc0, 0xdf, 0xe0, 0xef, 0xf0, 0xf7, 0xf8, 0xfb, 0xfc, 0xfd, 0xfe, 0xff]
+
+    def outcome(fn):
+        try:
+            return fn()
+        except rsync.ProtocolError:
+            return "error"
+
+    for _ in range(3000):
+        data = bytes([rnd.choice(firsts + [rnd.randrange(256)])]) + rnd.randbytes(10)
+        for min_bytes in (None, 3, 4):
+            r = rsync.In(rsync.RawIn(rsync.BytesTransport(data)), 32)
+            if min_bytes is None:
+                stream = outcome(lambda: (r.varint(), r.src.pos))
+                buffered = outcome(lambda: rsync.varint_at(data, 0))
+            else:
+                stream = outcome(lambda: (r.varlong(min_bytes), r.src.pos))
+                buffered = outcome(lambda: rsync.varlong_at(data, 0, min_bytes))
+            assert stream == buffered, (data.hex(), min_bytes)
+    with pytest.raises(rsync._Short):
+        rsync.varlong_at(b"\xff\x01", 0, 3)
+    with pytest.raises(rsync._Short):
+        rsync.varint_at(b"\xc0\x01", 0)
 
 
 def test_varint_overflow_is_an_error():
@@ -152,10 +182,14 @@ def test_write_all_vectored_survives_partial_writes():
     assert b"".join(written) == b"".join(bytes(b) for b in bufs)
 
 
+@pytest.mark.parametrize("chunk,checksum", [(7, False), (1 << 16, False), (1 << 16, True)])
 @pytest.mark.parametrize("protocol,varint_flags", [(p, False) for p in range(27, 33)] + [(30, True), (32, True)])
-def test_flist_roundtrip(protocol, varint_flags):
-    opts = make_opts(hard_links=True)
+def test_flist_roundtrip(protocol, varint_flags, chunk, checksum):
+    opts = make_opts(hard_links=True, checksum=checksum)
     entries = sample_entries()
+    for i, e in enumerate(entries):
+        if stat.S_ISREG(e.mode):
+            e.sum = bytes([i]) * 16
     if protocol < 28:
         for i, e in enumerate(entries):
             if stat.S_ISREG(e.mode) and e.hl_dev == -1:
@@ -165,11 +199,12 @@ def test_flist_roundtrip(protocol, varint_flags):
     for i, e in enumerate(entries):
         enc.send(e, i)
     enc.end(0, True)
+    out.int32(-12345)
     out.flush()
-    dec = rsync.FlistDecoder(reader(bytes(t.out), protocol), opts, protocol, varint_flags, 16)
-    got = []
-    while (x := dec.read_flags()) is not None:
-        got.append(dec.recv(x))
+    inp = reader(bytes(t.out), protocol, chunk)
+    dec = rsync.FlistDecoder(inp, opts, protocol, varint_flags, 16)
+    got = dec.recv_entries()
+    assert inp.int32() == -12345
     assert [g.name for g in got] == [e.name for e in entries]
     for g, e in zip(got, entries):
         assert (g.mode, g.mtime) == (e.mode, e.mtime)
@@ -181,6 +216,9 @@ def test_flist_roundtrip(protocol, varint_flags):
             assert (g.rdev_major, g.rdev_minor) == (e.rdev_major, e.rdev_minor)
         if stat.S_ISLNK(e.mode):
             assert g.link == e.link
+        follower = protocol >= 30 and g.hl_first >= 0
+        assert g.sum == (e.sum if checksum and stat.S_ISREG(e.mode) and not follower else None)
+        assert g.flags & rsync.FLAG_TOP_DIR == e.flags & rsync.FLAG_TOP_DIR
     h1, h2 = got[-2], got[-1]
     if protocol >= 30:
         assert h2.hl_first == len(entries) - 2
@@ -254,11 +292,10 @@ def test_flist_decoder_refuses_garbage(data, err):
     opts = make_opts()
     dec = rsync.FlistDecoder(reader(data, 29), opts, 29, False, 16)
     if err is None:
-        assert dec.read_flags() is None
+        assert dec.recv_entry() is None
         return
     with pytest.raises(err):
-        while (x := dec.read_flags()) is not None:
-            dec.recv(x)
+        dec.recv_entries()
 
 
 @pytest.mark.parametrize("name", [b"../etc/passwd", b"a/../../x", b"/etc/passwd", b"a/..", b"a\0b"])
@@ -270,7 +307,7 @@ def test_flist_decoder_refuses_unsafe_names(name):
     out.flush()
     dec = rsync.FlistDecoder(reader(bytes(t.out)), opts, 32, True, 16)
     with pytest.raises(rsync.RsyncError):
-        dec.recv(dec.read_flags())
+        dec.recv_entry()
 
 
 def test_flist_decoder_bad_mode_and_hlink():
@@ -281,11 +318,11 @@ def test_flist_decoder_bad_mode_and_hlink():
     out.flush()
     dec = rsync.FlistDecoder(reader(bytes(t.out)), opts, 32, True, 16)
     with pytest.raises(rsync.ProtocolError, match="invalid mode"):
-        dec.recv(dec.read_flags())
+        dec.recv_entry()
     data = rsync.enc_varint(rsync.XMIT_HLINKED) + b"\x01y" + rsync.enc_varint(5)
     dec = rsync.FlistDecoder(reader(data), opts, 32, True, 16)
     with pytest.raises(rsync.ProtocolError, match="hard-link reference"):
-        dec.recv(dec.read_flags())
+        dec.recv_entry()
 
 
 def test_parse_server_args():

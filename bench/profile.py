@@ -55,6 +55,7 @@ def main(argv=None):
     p.add_argument("--pure", action="store_true", help="with GOKR_RSYNC_PURE=1")
     p.add_argument("--rate", type=int, default=200, help="samples per second (default 200)")
     p.add_argument("--top", type=int, default=10)
+    p.add_argument("--lines", action="store_true", help="rank source lines rather than whole functions")
     p.add_argument("--out", default=os.path.join(HERE, "out"))
     a = p.parse_args(argv)
     spy = shutil.which("py-spy")
@@ -70,7 +71,8 @@ def main(argv=None):
         if side not in ("daemon", "client") or case not in run.CASE_ARGS:
             p.error("not SIDE:CASE: %r" % spec)
         raw = os.path.join(bench.out, "profile-%s-%s.txt" % (side, case))
-        spy_argv = [spy, "record", "--rate", str(a.rate), "--function", "--format", "raw", "--output", raw, "--"]
+        spy_argv = [spy, "record", "--rate", str(a.rate)] + ([] if a.lines else ["--function"]) + [
+            "--format", "raw", "--output", raw, "--"]
         if side == "daemon":
             spy_argv = ["sh", "-c", 'exec "$@" >/dev/null', "sh"] + spy_argv
         bench.wrap = {side: spy_argv}
