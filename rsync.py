@@ -484,6 +484,12 @@ class RawIn:
     def pending(self):
         return self.end - self.pos
 
+    def int32(self):
+        if self.end - self.pos >= 4:
+            self.pos += 4
+            return _I32.unpack_from(self.buf, self.pos - 4)[0]
+        return _I32.unpack(self.read(4))[0]
+
     def peek(self):
         """A copy of the buffered bytes (waits for one if there are none),
         left in place until skip(n)."""
@@ -554,6 +560,14 @@ class Demux:
     def pending(self):
         return min(self.left, self.raw.pending())
 
+    def int32(self):
+        raw = self.raw
+        if self.left >= 4 and raw.end - raw.pos >= 4:
+            self.left -= 4
+            raw.pos += 4
+            return _I32.unpack_from(raw.buf, raw.pos - 4)[0]
+        return _I32.unpack(self.read(4))[0]
+
     def peek(self):
         """A copy of the data bytes at hand in the current frame (waits for
         one if there are none), left in place until skip(n)."""
@@ -600,10 +614,10 @@ class In:
         return self.src.byte()
 
     def shortint(self):
-        return struct.unpack("<H", self.src.read(2))[0]
+        return _U16.unpack(self.src.read(2))[0]
 
     def int32(self):
-        return struct.unpack("<i", self.src.read(4))[0]
+        return self.src.int32()
 
     def uint32(self):
         return struct.unpack("<I", self.src.read(4))[0]
@@ -681,6 +695,12 @@ class In:
 
 
 _INT_BYTE_EXTRA = bytes([0] * 32 + [1] * 16 + [2] * 8 + [3] * 4 + [4] * 2 + [5, 6])
+
+_U16 = struct.Struct("<H")
+_I32 = struct.Struct("<i")
+_U32 = struct.Struct("<I")
+_I64 = struct.Struct("<q")
+_SUM_HEAD = struct.Struct("<4i")
 
 
 # ----------------------------------------------------------------------------
@@ -961,13 +981,11 @@ def available_checksums():
 class _Reversed:
     """An xxhash state whose digest comes out in rsync's little-endian order."""
 
-    __slots__ = ("h",)
+    __slots__ = ("h", "update")
 
     def __init__(self, h):
         self.h = h
-
-    def update(self, data):
-        self.h.update(data)
+        self.update = h.update
 
     def digest(self):
         return self.h.digest()[::-1]
@@ -1533,9 +1551,6 @@ def longint_at(data, pos):
     return _I64.unpack_from(data, pos + 4)[0], pos + 12
 
 
-_I32 = struct.Struct("<i")
-_U32 = struct.Struct("<I")
-_I64 = struct.Struct("<q")
 
 
 def _bytes_at(data, pos, n):
@@ -2383,11 +2398,8 @@ class Session:
     def read_sum_head(self):
         """(count, blength, s2length, remainder), each checked as rsync does
         before anything is allocated."""
-        inp, p = self.inp, self.protocol
-        count = inp.int32()
-        blength = inp.int32()
-        s2length = inp.int32() if p >= 27 else 2
-        remainder = inp.int32()
+        p = self.protocol
+        count, blength, s2length, remainder = _SUM_HEAD.unpack(self.inp.read(16))
         max_blength = MAX_BLOCK_SIZE if p >= 30 else OLD_MAX_BLOCK_SIZE
         if count < 0:
             raise ProtocolError("Invalid checksum count %d" % count)

@@ -15,7 +15,7 @@ import collections
 import functools
 import os
 import queue
-import secrets
+import random
 import shutil
 import stat
 import struct
@@ -139,7 +139,7 @@ def _tmpname(name):
     base = name[:MAX_NAME_LEN - 8]
     if base.startswith(b"."):
         base = base[1:] if len(base) > 1 else base
-    return b"." + base + b"." + secrets.token_hex(3).encode()
+    return b"." + base + b".%06x" % random.getrandbits(24)
 
 
 class DestTree:
@@ -157,7 +157,7 @@ class DestTree:
     def _cache(self):
         c = getattr(self._local, "c", None)
         if c is None:
-            c = self._local.c = [None, -1]
+            c = self._local.c = [None, -1, None]
             with self._lock:
                 self._all.append(c)
         return c
@@ -170,14 +170,24 @@ class DestTree:
         fd = open_dir_beneath(self.rootfd, parts)
         if c[1] >= 0:
             os.close(c[1])
-        c[0], c[1] = parts, fd
+        c[0], c[1], c[2] = parts, fd, None
         return fd
+
+    def locate(self, name):
+        """(fd of the parent directory, leaf) of a relative wire name; the
+        fd is the tree's, valid until this thread's next call."""
+        parent, _, leaf = name.rpartition(b"/")
+        c = self._cache()
+        if parent != c[2]:
+            self.dir(parent.split(b"/") if parent else ())
+            c[2] = parent
+        return c[1], leaf
 
     def invalidate(self):
         c = self._cache()
         if c[1] >= 0:
             os.close(c[1])
-        c[0], c[1] = None, -1
+        c[0], c[1], c[2] = None, -1, None
 
     def split(self, name):
         """(parent parts, leaf) of a relative wire name."""
@@ -236,6 +246,8 @@ class Receiver:
         self.errors = 0
         self.redo_done = set()
         self.dir_fix = []
+        self.made_dirs = set()  # directories this run created: nothing to lstat in them
+        self.new_owners = {}
         self.leaders = {}
         self.followers = []
         self.del_stats = [0, 0, 0, 0, 0]
@@ -521,7 +533,10 @@ class Receiver:
             self.warn("ERROR: daemon refused to receive %s \"%s\"" % ("directory" if e.is_dir() else "file",
                                                                       _show(e.name)))
             return
-        st = self.tree.lstat(name)
+        if not full_sums and name.rpartition(b"/")[0] in self.made_dirs:
+            st = None
+        else:
+            st = self.tree.lstat(name)
         if st is not None and self._unchanged is not None and self._unchanged(e, st):
             return
         if e.is_dir():
@@ -709,6 +724,7 @@ class Receiver:
                 self.warn('rsync: [generator] recv_generator: mkdir "%s" failed: %s'
                           % (_show(name), _errtext(err)))
                 return
+            self.made_dirs.add(name)
         if not opts.dry_run:
             self.dir_fix.append(e)
         self._report(e, iflags)
@@ -785,9 +801,11 @@ class Receiver:
             return False
         return True
 
-    def _set_attrs(self, e, name, st, fd=None):
+    def _set_attrs(self, e, name, st, fd=None, new_owner=None):
         """set_file_attrs: ownership, permissions, then times; on an open fd
-        when there is one, else by name without following links."""
+        when there is one, else by name without following links. A file
+        just created (st None) may come with the (uid, gid) it was created
+        with, so that a chown that would change nothing is left out."""
         opts = self.opts
         if opts.dry_run:
             return
@@ -799,8 +817,9 @@ class Receiver:
             want_uid = self.want_uid(e) if opts.owner and self.am_root else -1
             want_gid = self.want_gid(e) if opts.group and self._may_chgrp(self.want_gid(e)) else -1
             if want_uid != -1 or want_gid != -1:
-                if st is None or (want_uid != -1 and st.st_uid != want_uid) or \
-                        (want_gid != -1 and st.st_gid != want_gid):
+                owner = (st.st_uid, st.st_gid) if st is not None else new_owner
+                if owner is None or (want_uid != -1 and owner[0] != want_uid) or \
+                        (want_gid != -1 and owner[1] != want_gid):
                     if fd is not None:
                         os.fchown(fd, want_uid, want_gid)
                     elif leaf == b".":
@@ -1000,6 +1019,20 @@ class Receiver:
         if self.gen_error is not None:
             raise self.gen_error
 
+    def _new_owner(self, parent, fd):
+        """The (uid, gid) the files we create in directory `parent` (its wire
+        name) get (our
+        ids, or the directory's group where it is set-group-ID), learnt from
+        the first one with fstat and then remembered; None when no owner
+        or group is to be kept."""
+        if not ((self.opts.owner and self.am_root) or self.opts.group):
+            return None
+        owner = self.new_owners.get(parent)
+        if owner is None:
+            st = os.fstat(fd)
+            owner = self.new_owners[parent] = (st.st_uid, st.st_gid)
+        return owner
+
     def _pop_expected(self, ndx):
         with self.expect_cond:
             while not self.expect:
@@ -1020,6 +1053,8 @@ class Receiver:
         max_phase = 2 if p >= 29 else 1
         n = len(self.entries)
         sess.on_no_send = self._no_send
+        opts = self.opts
+        lean = self.tokens is None and not (opts.inplace or opts.sparse or self.progress)
         while True:
             ndx = inp.ndx()
             if ndx == NDX_DONE:
@@ -1073,7 +1108,10 @@ class Receiver:
             if head != want[2]:
                 raise ProtocolError("the sender's sum header for index %d differs from ours" % ndx,
                                     RERR_PROTOCOL)
-            self._receive_file(e, iflags, head, redoing)
+            if head[0] == 0 and lean and e.size <= self.LEAN_SIZE:
+                self._receive_literal(e, iflags, redoing)
+            else:
+                self._receive_file(e, iflags, head, redoing)
 
     def _no_send(self, ndx):
         """MSG_NO_SEND: the sender could not open a file we asked for."""
@@ -1082,6 +1120,71 @@ class Receiver:
                 if w[0] == ndx:
                     del self.expect[i]
                     break
+
+    LEAN_SIZE = 1 << 20
+
+    def _receive_literal(self, e, iflags, redoing):
+        """_receive_file for the common case, kept lean: a file of up to
+        LEAN_SIZE bytes sent whole (no basis blocks) and uncompressed, its
+        data written as it comes to a new temp file beside the target,
+        then verified, given its attributes and renamed into place."""
+        name = self.target(e)
+        dfd, leaf = self.tree.locate(name)
+        for _ in range(100):
+            tmp = _tmpname(leaf)
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW, 0o600, dir_fd=dfd)
+                break
+            except FileExistsError:
+                continue
+            except OSError:
+                return self._receive_file(e, iflags, (0, 0, 0, 0), redoing)
+        else:
+            return self._receive_file(e, iflags, (0, 0, 0, 0), redoing)
+        sess = self.sess
+        src = sess.inp.src
+        h = sess.checksums.file_hasher()
+        total = 0
+        ok = False
+        try:
+            while True:
+                t = src.int32()
+                if t <= 0:
+                    if t == 0:
+                        break
+                    raise ProtocolError("block index %d out of range (0 blocks)" % -(t + 1))
+                if t > (1 << 24):
+                    raise ProtocolError("literal run of %d bytes is too long" % t)
+                total += t
+                while t:
+                    data = src.take(t)
+                    t -= len(data)
+                    h.update(data)
+                    _write_out(fd, data)
+            data = None
+            self.stats.literal_data += total
+            if src.read(sess.checksums.xfer_len) != h.digest():
+                if redoing:
+                    self.warn("ERROR: %s failed verification -- update discarded." % _show(name))
+                else:
+                    self.out("error", e, 0, "WARNING: %s failed verification -- update discarded (will try again)."
+                             % _show(name))
+                    self.to_gen.put(("redo", e.ndx))
+                return
+            self._set_attrs(e, name, None, fd=fd, new_owner=self._new_owner(name.rpartition(b"/")[0], fd))
+            os.rename(tmp, leaf, src_dir_fd=dfd, dst_dir_fd=dfd)
+            ok = True
+            self.out("xfer", e, iflags, None)
+        finally:
+            os.close(fd)
+            if not ok:
+                try:
+                    if self.opts.partial and not redoing:
+                        os.rename(tmp, leaf, src_dir_fd=dfd, dst_dir_fd=dfd)
+                    else:
+                        os.unlink(tmp, dir_fd=dfd)
+                except OSError:
+                    pass
 
     def _receive_file(self, e, iflags, head, redoing):
         """receive_data + finish_transfer for one file."""
@@ -1232,7 +1335,8 @@ class Receiver:
                              % _show(name))
                     self.to_gen.put(("redo", e.ndx))
                 return
-            self._set_attrs(e, name, None, fd=fd)
+            self._set_attrs(e, name, None, fd=fd,
+                            new_owner=None if opts.inplace else self._new_owner(name.rpartition(b"/")[0], fd))
             if not opts.inplace:
                 os.rename(tmp, leaf, src_dir_fd=dfd, dst_dir_fd=dfd)
                 tmp = None
@@ -1317,7 +1421,10 @@ class _WriteBatch:
             self.flush()
 
     def flush(self):
-        write_all_vectored(functools.partial(os.writev, self.fd), self.pending)
+        if len(self.pending) == 1:
+            _write_out(self.fd, self.pending[0])
+        else:
+            write_all_vectored(functools.partial(os.writev, self.fd), self.pending)
         self.pending = []
         self.size = 0
 

@@ -119,6 +119,30 @@ def test_output_matches_stock_client(stock350, tmp_path, rsync_bin, flags):
     assert mask(pa) == mask(pb), "ours:\n%s\nstock:\n%s" % (pa, pb)
 
 
+def test_pull_into_setgid_directory(stock350, tmp_path, rsync_bin):
+    """Files made in a set-group-ID directory start with its group (the
+    client learns which group new files get from the first file of each
+    directory, not from every one); -g must still leave the sender's group
+    on all of them, as the stock client does."""
+    other = [g for g in os.getgroups() if g != os.getegid()]
+    if not IS_ROOT and not other:
+        pytest.skip("needs root or a second group")
+    gid = 65534 if IS_ROOT else other[0]
+    trees = {}
+    for who in ("ours", "stock"):
+        d = tmp_path / who
+        d.mkdir()
+        os.chown(d, -1, gid)
+        os.chmod(d, 0o2775)
+        if who == "ours":
+            ours("-a", stock350.url + "/m/", str(d) + "/")
+        else:
+            run([rsync_bin, "-a", stock350.url + "/m/", str(d) + "/"])
+        trees[who] = snapshot(str(d), owners=True)
+    assert not diff_snapshots(trees["ours"], trees["stock"]), diff_snapshots(trees["ours"], trees["stock"])
+    assert gid not in {desc["gid"] for desc in trees["ours"].values() if "gid" in desc}
+
+
 def test_multiple_sources_and_single_file(stock350, tmp_path, rsync_bin):
     a, b = tmp_path / "a", tmp_path / "b"
     ours("-a", stock350.url + "/m/foo.txt", stock350.url + "/m/a", str(a) + "/")
