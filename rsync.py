@@ -2416,12 +2416,7 @@ class Session:
         return count, blength, s2length, remainder
 
     def write_sum_head(self, count, blength, s2length, remainder):
-        out = self.out
-        out.int32(count)
-        out.int32(blength)
-        if self.protocol >= 27:
-            out.int32(s2length)
-        out.int32(remainder)
+        self.out.write(_SUM_HEAD.pack(count, blength, s2length, remainder))
 
     def read_sums(self, count, s2length):
         """The block sums: count × (int32 sum1 + s2length bytes), read in slices."""

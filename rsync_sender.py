@@ -499,7 +499,6 @@ class Sender:
                 if sess.protocol >= 30:
                     sess.out.msg(MSG_NO_SEND, struct.pack("<i", ndx))
                 return
-            os.set_blocking(fd, True)
             sess.write_ndx_and_attrs(ndx, iflags, basis, xname)
             sess.write_sum_head(*head)
             count = head[0]
@@ -533,7 +532,13 @@ class Sender:
             want = min(left, len(buf))
             got = 0
             while got < want:
-                n = os.readv(fd, [mv[got:want]])
+                try:
+                    n = os.readv(fd, [mv[got:want]])
+                except BlockingIOError:
+                    # Opened with O_NONBLOCK (against a FIFO swapped in);
+                    # local files ignore it, some network ones may not.
+                    os.set_blocking(fd, True)
+                    continue
                 if n <= 0:
                     short = "file shrank while being sent"
                     mv[got:want] = bytes(want - got)

@@ -83,7 +83,7 @@ def main(argv=None):
                 run.warm(path)
         bench.before_run(case, dests["ours"], changed)
         r = bench.transfer(side, True, src, args, dests["ours"], bench.env_for(True, a.pure), 3600)
-        shutil.rmtree(os.path.join(bench.out, "dst"), ignore_errors=True)
+        shutil.rmtree(bench.dst, ignore_errors=True)
         total, by_incl, by_self = top_functions(raw, a.top)
         print("\n## our %s, case %s (%s, %s checksum%s): wall %.2f s, our CPU %.2f s, %d samples at %d Hz\n" % (
             side, case, bench.describe(case, a.size), a.checksum, ", pure" if a.pure else "", r["wall"],

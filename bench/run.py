@@ -453,6 +453,7 @@ class Bench:
     def __init__(self, args):
         self.args = args
         self.out = os.path.abspath(args.out)
+        self.dst = os.path.abspath(args.dst) if args.dst else os.path.join(self.out, "dst")
         self.tmp = os.path.join(self.out, "tmp")
         self.rsync = shutil.which("rsync")
         if not self.rsync:
@@ -608,7 +609,7 @@ class Bench:
         except BenchError as e:
             row["error"] = str(e)
             log("  %s %s %s failed: %s" % (row["case"], row["side"], row["checksum"], e))
-        shutil.rmtree(os.path.join(self.out, "dst"), ignore_errors=True)
+        shutil.rmtree(self.dst, ignore_errors=True)
         return row
 
     def setup(self, row):
@@ -622,11 +623,11 @@ class Bench:
         dests = {}
         for who in ("ours", "stock"):
             if case == "D":
-                dests[who] = os.path.join(self.out, "dst", "D-" + who)
+                dests[who] = os.path.join(self.dst, "D-" + who)
                 fresh_dir(dests[who])
                 subprocess.run([self.rsync, "-a", src + "/", dests[who] + "/"], check=True)
             else:
-                dests[who] = os.path.join(self.out, "dst", "run")
+                dests[who] = os.path.join(self.dst, "run")
         return src, args, changed, dests
 
     def before_run(self, case, dest, changed):
@@ -880,6 +881,8 @@ def parse_args(argv):
     p.add_argument("--runs", type=int, default=5, help="runs per row and side (default 5)")
     p.add_argument("--cases", default="A,B,C,D,E", help="which of A,B,C,D,E (default all)")
     p.add_argument("--out", help="data and results (default bench/out, or bench/out/smoke with --smoke)")
+    p.add_argument("--dst", help="where the transfers write (default OUT/dst); a tmpfs here takes the file "
+                   "system's inode allocation out of B and D (C needs the data's file system)")
     p.add_argument("--no-pure", action="store_true", help="leave out the pure-Python rows")
     p.add_argument("--timeout", type=float, default=600, help="seconds one transfer may take (default 600)")
     p.add_argument("--daemon-via", choices=("tcp", "connect-prog"), default="tcp",
