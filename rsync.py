@@ -1586,21 +1586,21 @@ class FlistDecoder(_FlistState):
         while not self.ended:
             data = inp.peek()
             pos = 0
-            try:
-                while True:
-                    e, after = parse(data, pos)
-                    pos = after
-                    if e is None:
-                        break
-                    if check is not None:
+            while True:
+                try:
+                    e, pos_after = parse(data, pos)
+                except _SHORT:
+                    inp.skip(pos)
+                    e = self._recv_spanning()
+                    if e is not None and check is not None:
                         check(e)
-            except _SHORT:
-                inp.skip(pos)
-                e = self._recv_spanning()
-                if e is not None and check is not None:
+                    break
+                pos = pos_after
+                if e is None:
+                    inp.skip(pos)
+                    break
+                if check is not None:
                     check(e)
-                continue
-            inp.skip(pos)
         return self.entries
 
     def recv_entry(self):

@@ -1109,7 +1109,7 @@ class Receiver:
                 raise ProtocolError("the sender's sum header for index %d differs from ours" % ndx,
                                     RERR_PROTOCOL)
             if head[0] == 0 and lean and e.size <= self.LEAN_SIZE:
-                self._receive_literal(e, iflags, redoing)
+                self._receive_literal(e, iflags, head, redoing)
             else:
                 self._receive_file(e, iflags, head, redoing)
 
@@ -1123,7 +1123,7 @@ class Receiver:
 
     LEAN_SIZE = 1 << 20
 
-    def _receive_literal(self, e, iflags, redoing):
+    def _receive_literal(self, e, iflags, head, redoing):
         """_receive_file for the common case, kept lean: a file of up to
         LEAN_SIZE bytes sent whole (no basis blocks) and uncompressed, its
         data written as it comes to a new temp file beside the target,
@@ -1138,9 +1138,9 @@ class Receiver:
             except FileExistsError:
                 continue
             except OSError:
-                return self._receive_file(e, iflags, (0, 0, 0, 0), redoing)
+                return self._receive_file(e, iflags, head, redoing)
         else:
-            return self._receive_file(e, iflags, (0, 0, 0, 0), redoing)
+            return self._receive_file(e, iflags, head, redoing)
         sess = self.sess
         src = sess.inp.src
         h = sess.checksums.file_hasher()

@@ -358,3 +358,29 @@ def test_checksums_follow_rsync_seed_rules():
     c = rsync.Checksums("xxh128", "xxh128", -5, True, 32)
     v = xxhash.xxh3_128_intdigest(data, (1 << 64) - 5)
     assert c.strong(data) == struct.pack("<QQ", v & ((1 << 64) - 1), v >> 64)
+
+
+@pytest.mark.parametrize("chunk", [7, 1 << 16])
+def test_flist_check_sees_every_entry_and_its_errors_propagate(chunk):
+    """The list check (the client's refusal of unrequested names) runs on
+    every entry, and whatever it raises, even an IndexError that the parser
+    itself takes to mean "more bytes needed", ends the list there."""
+    opts = make_opts(hard_links=True)
+    out, t = writer(31)
+    enc = rsync.FlistEncoder(out, opts, 31, True, 16)
+    entries = sample_entries()
+    for i, e in enumerate(entries):
+        enc.send(e, i)
+    enc.end(0, True)
+    out.flush()
+    seen = []
+    dec = rsync.FlistDecoder(reader(bytes(t.out), 31, chunk), opts, 31, True, 16)
+    dec.recv_entries(lambda e: seen.append(e.name))
+    assert seen == [e.name for e in entries]
+
+    def refuse(e):
+        if e.name == b"d/link":
+            raise IndexError("refused")
+    dec = rsync.FlistDecoder(reader(bytes(t.out), 31, chunk), opts, 31, True, 16)
+    with pytest.raises(IndexError, match="refused"):
+        dec.recv_entries(refuse)
