@@ -14,13 +14,11 @@ import os
 import shlex
 import socket
 import stat
-import subprocess
 import sys
 import time
 
 import rsync
 import rsync_receiver
-import rsync_sender
 
 PROG = "gokr-rsync"
 
@@ -698,6 +696,7 @@ class Connection:
     def close(self):
         self.transport.close()
         if self.proc is not None:
+            import subprocess
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -712,6 +711,7 @@ def spawn_shell(opts, host, user, command):
     if user:
         argv += ["-l", user]
     argv += [host] + command
+    import subprocess
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
     except OSError as e:
@@ -728,6 +728,7 @@ def connect_prog(prog, host, opts):
             raise rsync.RsyncError("unsafe host characters for RSYNC_CONNECT_PROG", rsync.RERR_SOCKETIO)
         prog = prog.replace("%%", "\0").replace("%H", shlex.quote(host)).replace("\0", "%")
     ours, theirs = socket.socketpair()
+    import subprocess
     try:
         proc = subprocess.Popen(["sh", "-c", prog], stdin=theirs, stdout=theirs)
     finally:
@@ -1061,6 +1062,7 @@ class Push:
         self.filters = filters
 
     def run(self):
+        import rsync_sender
         import rsync_filter
         opts, out = self.opts, self.out
         start = time.time()

@@ -653,7 +653,7 @@ def _prepare_for_chroot(ssh=False):
     __import__("encodings.idna")
     import rsync_delta
     rsync_delta.checksum1(b"x")
-    for name in ("rsync_sender", "rsync_receiver", "rsync_compress", "rsync_conf", "rsync_md4") + (("rsync_sshd", "paramiko") if ssh else ()):
+    for name in ("rsync_sender", "rsync_receiver", "rsync_filter", "rsync_compress", "rsync_conf", "rsync_md4") + (("rsync_sshd", "paramiko") if ssh else ()):
         try:
             __import__(name)
         except ImportError:

@@ -25,8 +25,6 @@ import struct
 import threading
 import time
 
-import rsync_filter
-
 
 def _compress():
     """rsync_compress is loaded on first use (it imports this module)."""
@@ -1631,7 +1629,11 @@ class FlistDecoder(_FlistState):
         struct.error (and changes nothing) when data ends first."""
         p, opts = self.protocol, self.opts
         if self.varint_flags:
-            xflags, pos = varint_at(data, pos)
+            xflags = data[pos]
+            if xflags < 0x80:
+                pos += 1
+            else:
+                xflags, pos = varint_at(data, pos)
             if xflags == 0:
                 self.io_error, pos = varint_at(data, pos)
                 self.ended = True
@@ -1678,7 +1680,11 @@ class FlistDecoder(_FlistState):
         if p >= 30 and xflags & XMIT_HLINKED and not xflags & XMIT_HLINK_FIRST:
             return self._hlink_follower(data, pos, name, xflags)
         if p >= 30:
-            size, pos = varlong_at(data, pos, 3)
+            if data[pos] < 0x80 and pos + 3 <= len(data):
+                size = data[pos] << 16 | data[pos + 2] << 8 | data[pos + 1]
+                pos += 3
+            else:
+                size, pos = varlong_at(data, pos, 3)
         else:
             size, pos = longint_at(data, pos)
         if size < 0:
@@ -2523,6 +2529,7 @@ def make_filters(rules, protocol, opts):
     """The server's FilterList from the client's wire rules, or None."""
     if not rules and not opts.cvs_exclude:
         return None
+    import rsync_filter
     fl = rsync_filter.FilterList(protocol=protocol)
     try:
         for r in rules:

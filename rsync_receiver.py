@@ -726,8 +726,31 @@ class Receiver:
                 return
             self.made_dirs.add(name)
         if not opts.dry_run:
+            self._set_attrs(e, name, None if created else st)
+            if not self.am_root:
+                self._keep_writable(name)
             self.dir_fix.append(e)
         self._report(e, iflags)
+
+    def _keep_writable(self, name):
+        """A directory we are to fill, whose mode (as the sender's) would shut
+        us out, gets rwx for its owner until _touch_up_dirs puts the mode
+        back (dir_tweaking, as rsync's generator does it)."""
+        parent, leaf = self.tree.split(name)
+        try:
+            fd = self.tree.rootfd if leaf == b"." else \
+                os.open(leaf, O_DIR | O_NOFOLLOW, dir_fd=self.tree.dir(parent))
+        except OSError:
+            return
+        try:
+            mode = os.fstat(fd).st_mode
+            if mode & 0o700 != 0o700:
+                os.fchmod(fd, (mode & 0o7777) | 0o700)
+        except OSError:
+            pass
+        finally:
+            if fd != self.tree.rootfd:
+                os.close(fd)
 
     def _gen_symlink(self, e, name, st):
         opts = self.opts
@@ -860,7 +883,8 @@ class Receiver:
             self.warn('rsync: [generator] failed to set attributes on "%s": %s' % (_show(name), _errtext(err)))
 
     def _touch_up_dirs(self):
-        """Directory permissions and times, once their contents are written."""
+        """Directory times (which the files made in them changed) and the
+        permissions _keep_writable widened, once their contents are written."""
         for e in reversed(self.dir_fix):
             name = self.target(e)
             st = self.tree.lstat(name)

@@ -119,11 +119,15 @@ def test_output_matches_stock_client(stock350, tmp_path, rsync_bin, flags):
     assert mask(pa) == mask(pb), "ours:\n%s\nstock:\n%s" % (pa, pb)
 
 
-def test_pull_into_setgid_directory(stock350, tmp_path, rsync_bin):
+@pytest.mark.parametrize("flags", [("-a",), ("-rlpt",)])
+def test_pull_into_setgid_directory(stock350, tmp_path, rsync_bin, flags):
     """Files made in a set-group-ID directory start with its group (the
     client learns which group new files get from the first file of each
     directory, not from every one); -g must still leave the sender's group
-    on all of them, as the stock client does."""
+    on all of them. Without -g, what they keep depends on when directory
+    modes are set: at once, as rsync's generator does, so the destination
+    loses its set-group-ID bit before anything is made in it. Both clients
+    leave the same owners, groups and modes."""
     other = [g for g in os.getgroups() if g != os.getegid()]
     if not IS_ROOT and not other:
         pytest.skip("needs root or a second group")
@@ -135,12 +139,70 @@ def test_pull_into_setgid_directory(stock350, tmp_path, rsync_bin):
         os.chown(d, -1, gid)
         os.chmod(d, 0o2775)
         if who == "ours":
-            ours("-a", stock350.url + "/m/", str(d) + "/")
+            ours(*flags, stock350.url + "/m/", str(d) + "/")
         else:
-            run([rsync_bin, "-a", stock350.url + "/m/", str(d) + "/"])
+            run([rsync_bin, *flags, stock350.url + "/m/", str(d) + "/"])
         trees[who] = snapshot(str(d), owners=True)
     assert not diff_snapshots(trees["ours"], trees["stock"]), diff_snapshots(trees["ours"], trees["stock"])
     assert gid not in {desc["gid"] for desc in trees["ours"].values() if "gid" in desc}
+
+
+def _as_nobody(fn):
+    """fn() in a forked child that became nobody (the Python installation
+    may not be readable by nobody, so no new interpreter); its exit code."""
+    pid = os.fork()
+    if pid == 0:
+        code = 99
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            code = fn()
+        except BaseException:
+            pass
+        os._exit(code if isinstance(code, int) else 98)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root to become nobody")
+def test_unprivileged_pull_into_read_only_directories(stock_daemon_factory, rsync_bin):
+    """Without root, a directory whose mode shuts its owner out is given
+    rwx for the owner while it is filled and its own mode at the end, as
+    rsync's generator does: everything arrives, with the sender's modes."""
+    import shutil
+    import tempfile
+    import client
+    top = tempfile.mkdtemp(prefix="gokr-ro-dirs-")
+    try:
+        os.chmod(top, 0o755)
+        src = os.path.join(top, "src")
+        os.makedirs(os.path.join(src, "ro", "sub"))
+        for rel, data in (("ro/f", b"hi"), ("ro/sub/g", b"x" * 5000)):
+            with open(os.path.join(src, rel), "wb") as f:
+                f.write(data)
+        for rel in ("ro/f", "ro/sub/g", "ro/sub", "ro", ""):
+            # (in the past: rsync leaves a time alone whose seconds match)
+            os.utime(os.path.join(src, rel), ns=(1_600_000_000_123_456_789,) * 2)
+            if rel in ("ro/sub", "ro"):
+                os.chmod(os.path.join(src, rel), 0o555)
+        daemon = stock_daemon_factory(rsync_bin, {"m": src})
+        trees = {}
+        for who in ("ours", "stock"):
+            dst = os.path.join(top, who)
+            os.mkdir(dst)
+            os.chown(dst, 65534, 65534)
+            argv = ["-a", daemon.url + "/m/", dst + "/"]
+            if who == "ours":
+                code = _as_nobody(lambda: client.main(argv))
+            else:
+                code = _as_nobody(lambda: subprocess.run([rsync_bin] + argv, stdout=subprocess.DEVNULL).returncode)
+            assert code == 0, (who, code)
+            trees[who] = snapshot(dst, owners=True)
+        assert not diff_snapshots(trees["ours"], trees["stock"]), diff_snapshots(trees["ours"], trees["stock"])
+        assert trees["ours"]["ro"]["mode"] == trees["ours"]["ro/sub"]["mode"] == 0o555
+        assert trees["ours"]["ro/sub/g"]["uid"] == 65534
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
 
 
 def test_multiple_sources_and_single_file(stock350, tmp_path, rsync_bin):
