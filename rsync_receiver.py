@@ -832,13 +832,19 @@ class Receiver:
         opts = self.opts
         if opts.dry_run:
             return
-        parent, leaf = self.tree.split(name)
         if fd is None:
+            parent, leaf = self.tree.split(name)
             dfd = self.tree.dir(parent) if leaf != b"." else None
-        is_link = e.is_link()
+        else:
+            leaf = None
+        is_link = e.mode & 0o170000 == stat.S_IFLNK
         try:
-            want_uid = self.want_uid(e) if opts.owner and self.am_root else -1
-            want_gid = self.want_gid(e) if opts.group and self._may_chgrp(self.want_gid(e)) else -1
+            want_uid = self.uid_map.get(e.uid, e.uid) if opts.owner and self.am_root else -1
+            want_gid = -1
+            if opts.group:
+                want_gid = self.gid_map.get(e.gid, e.gid)
+                if not self._may_chgrp(want_gid):
+                    want_gid = -1
             if want_uid != -1 or want_gid != -1:
                 owner = (st.st_uid, st.st_gid) if st is not None else new_owner
                 if owner is None or (want_uid != -1 and owner[0] != want_uid) or \

@@ -59,6 +59,9 @@ from rsync import (
     split_path,
 )
 
+_I32 = struct.Struct("<i")
+_ZERO_TOKEN = _I32.pack(0)
+
 
 class Base:
     """A directory the sender sends from (the part of an argument before its
@@ -517,9 +520,13 @@ class Sender:
         finally:
             os.close(fd)
 
+    SMALL = 1 << 16
+
     def _send_whole(self, fd, size):
         """All literal: the file read in large slices, cut into 32 KiB tokens.
         A file that shrank while read is padded with zeros, as rsync does."""
+        if size <= self.SMALL and self.tokens is None:
+            return self._send_small(fd, size)
         sess = self.sess
         h = sess.checksums.file_hasher()
         if self._buf is None:
@@ -555,6 +562,36 @@ class Sender:
             left -= want
         self._end_tokens()
         sess.out.write(h.digest())
+        return short
+
+    def _send_small(self, fd, size):
+        """_send_whole for a small file, uncompressed: read at once, and its
+        tokens, end mark and file sum handed to the output in one call."""
+        sess = self.sess
+        data = b""
+        short = None
+        while len(data) < size:
+            try:
+                got = os.read(fd, size - len(data))
+            except BlockingIOError:
+                os.set_blocking(fd, True)
+                continue
+            if not got:
+                short = "file shrank while being sent"
+                data += bytes(size - len(data))
+                break
+            data += got
+        h = sess.checksums.file_hasher()
+        h.update(data)
+        parts = []
+        for i in range(0, size, CHUNK_SIZE):
+            piece = data[i:i + CHUNK_SIZE]
+            parts.append(_I32.pack(len(piece)))
+            parts.append(piece)
+        parts.append(_ZERO_TOKEN)
+        parts.append(h.digest())
+        sess.out.write_parts(parts)
+        sess.stats.literal_data += size
         return short
 
     def _end_tokens(self):

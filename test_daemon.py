@@ -234,3 +234,30 @@ def test_file_shrinking_while_mapped_does_not_kill_the_daemon(inproc, tmp_path, 
     (mod / "small").write_text("still here")
     run([rsync_bin, "-a", srv.url + "/m/small", str(tmp_path / "small")])
     assert (tmp_path / "small").read_text() == "still here"
+
+
+@pytest.mark.parametrize("size", [1000, 300_000])
+def test_file_shrinking_while_sent_whole(inproc, tmp_path, rsync_bin, monkeypatch, size):
+    """A file truncated after it was opened for a whole-file send (the small
+    files' single read, and the large files' slices): the missing bytes go
+    as zeros, the client is told (exit 23), the daemon serves on."""
+    import rsync_sender
+    mod = tmp_path / "mod"
+    mod.mkdir()
+    (mod / "f").write_bytes(os.urandom(size))
+    srv = inproc({"m": str(mod)})
+    real = rsync_sender.Sender._send_whole
+
+    def shrinking(self, fd, length):
+        os.truncate(mod / "f", 100)
+        return real(self, fd, length)
+    monkeypatch.setattr(rsync_sender.Sender, "_send_whole", shrinking)
+    p = run([rsync_bin, "-a", srv.url + "/m/f", str(tmp_path / "got")], check=False)
+    assert p.returncode == 23, p.stderr
+    assert b"read errors mapping" in p.stderr
+    got = (tmp_path / "got").read_bytes()
+    assert len(got) == size and got[:100] == (mod / "f").read_bytes() and got[100:] == bytes(size - 100)
+    monkeypatch.setattr(rsync_sender.Sender, "_send_whole", real)
+    (mod / "small").write_text("still here")
+    run([rsync_bin, "-a", srv.url + "/m/small", str(tmp_path / "small")])
+    assert (tmp_path / "small").read_text() == "still here"
