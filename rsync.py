@@ -705,12 +705,24 @@ _SUM_HEAD = struct.Struct("<4i")
 # Writing: encodings into a buffer, flushed raw or multiplexed.
 
 
+_BYTES = [bytes((i,)) for i in range(256)]
+
+
 def enc_int32(v):
     return struct.pack("<i", v)
 
 
 def enc_varint(x):
     """write_varint: the leading 1 bits of the first byte count extra bytes."""
+    if 0 <= x < 0x4000:
+        return _BYTES[x] if x < 0x80 else bytes((0x80 | x >> 8, x & 0xFF))
+    if 0 < x < 1 << 31:
+        cnt = (x.bit_length() + 7) >> 3
+        bit = 1 << (8 - cnt)
+        top = x >> (8 * cnt - 8)
+        if top >= bit:
+            return _BYTES[(~(bit - 1)) & 0xFF] + x.to_bytes(cnt, "little")
+        return _BYTES[(top | ~(bit * 2 - 1)) & 0xFF] + (x & ((1 << (8 * cnt - 8)) - 1)).to_bytes(cnt - 1, "little")
     b = struct.pack("<i", x)
     cnt = 4
     while cnt > 1 and b[cnt - 1] == 0:
@@ -726,6 +738,8 @@ def enc_varint(x):
 
 def enc_varlong(x, min_bytes):
     """write_varlong: min_bytes-1 low bytes always, more as needed."""
+    if 0 <= x < 1 << (8 * min_bytes - 1):
+        return ((x & ((1 << (8 * min_bytes - 8)) - 1)) << 8 | x >> (8 * min_bytes - 8)).to_bytes(min_bytes, "little")
     b = struct.pack("<q", x)
     cnt = 8
     while cnt > min_bytes and b[cnt - 1] == 0:
@@ -1218,8 +1232,17 @@ class _FlistState:
         self.lastname = b""
 
 
+def _common_prefix(a, b, limit):
+    """The length of the longest common prefix of a and b, at most limit."""
+    n = min(len(a), len(b), limit)
+    x = int.from_bytes(a[:n], "big") ^ int.from_bytes(b[:n], "big")
+    return n - 1 - (x.bit_length() - 1) // 8 if x else n
+
+
 class FlistEncoder(_FlistState):
     """send_file_entry: writes entries with the SAME_* compression state."""
+
+    FLUSH_AT = 1 << 16
 
     def __init__(self, out, opts, protocol, xfer_flags_as_varint, csum_len):
         super().__init__(opts, protocol, xfer_flags_as_varint, csum_len)
@@ -1228,9 +1251,17 @@ class FlistEncoder(_FlistState):
         self.groups = {}
         self.hlinks = {}
         self.total_size = 0
+        self.buf = bytearray()
+
+    def flush(self):
+        """Hands the entries encoded so far to the output (end() does)."""
+        if self.buf:
+            self.out.write(self.buf)
+            self.buf = bytearray()
 
     def send(self, e, ndx):
-        o, p, opts = self.out, self.protocol, self.opts
+        """One entry, into the encoder's buffer."""
+        p, opts = self.protocol, self.opts
         mode = e.mode
         xflags = 0
         if stat.S_ISDIR(mode):
@@ -1310,17 +1341,13 @@ class FlistEncoder(_FlistState):
                     self.dev = e.hl_dev
             xflags |= XMIT_HLINKED
         name = e.name
-        last = self.lastname
-        l1 = 0
-        lim = min(len(name), len(last), 255)
-        while l1 < lim and name[l1] == last[l1]:
-            l1 += 1
+        l1 = _common_prefix(name, self.lastname, 255)
         l2 = len(name) - l1
         if l1:
             xflags |= XMIT_SAME_NAME
         if l2 > 255:
             xflags |= XMIT_LONG_NAME
-        buf = bytearray()
+        buf = self.buf
         if self.varint_flags:
             buf += enc_varint(xflags or XMIT_EXTENDED_FLAGS)
         elif p >= 28:
@@ -1345,9 +1372,10 @@ class FlistEncoder(_FlistState):
         self.lastname = name
         if first_hlink >= 0:
             buf += enc_varint(first_hlink)
-            o.write(bytes(buf))
             if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
                 self.total_size += e.size
+            if len(buf) >= self.FLUSH_AT:
+                self.flush()
             return
         buf += enc_varlong(e.size, 3) if p >= 30 else enc_longint(e.size)
         if not xflags & XMIT_SAME_TIME:
@@ -1383,12 +1411,14 @@ class FlistEncoder(_FlistState):
             buf += enc_longint(e.hl_ino)
         if opts.checksum and (stat.S_ISREG(mode) or p < 28):
             buf += (e.sum if stat.S_ISREG(mode) and e.sum else b"\0" * self.csum_len)
-        o.write(bytes(buf))
         if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
             self.total_size += e.size
+        if len(buf) >= self.FLUSH_AT:
+            self.flush()
 
     def end(self, io_error, safe_flist):
         """write_end_of_flist, then the id lists and (below 30) the io_error."""
+        self.flush()
         o = self.out
         if self.varint_flags:
             o.varint(0)

@@ -14,6 +14,7 @@ import errno
 import os
 import stat
 import struct
+import sys
 import time
 
 import rsync_delta
@@ -61,6 +62,7 @@ from rsync import (
 
 _I32 = struct.Struct("<i")
 _ZERO_TOKEN = _I32.pack(0)
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 
 class Base:
@@ -217,10 +219,9 @@ class FileListBuilder:
         """make_file: an entry from a stat result, or None if it is skipped."""
         opts = self.opts
         mode = st.st_mode
-        e = FileEntry(name, mode, st.st_size, st.st_mtime_ns // 1_000_000_000,
-                      st.st_mtime_ns % 1_000_000_000)
-        e.flags = flags if stat.S_ISDIR(mode) else flags & ~FLAG_CONTENT_DIR
-        e.uid, e.gid = st.st_uid, st.st_gid
+        fmt = mode & 0o170000
+        e = FileEntry(name, mode, st.st_size, *divmod(st.st_mtime_ns, 1_000_000_000), st.st_uid, st.st_gid)
+        e.flags = flags if fmt == stat.S_IFDIR else flags & ~FLAG_CONTENT_DIR
         if opts.owner and not opts.numeric_ids:
             u = self.users.get(st.st_uid, 0)
             if u == 0:
@@ -231,7 +232,9 @@ class FileListBuilder:
             if g == 0:
                 g = self.groups[st.st_gid] = _group_name(st.st_gid)
             e.group = g
-        if stat.S_ISLNK(mode):
+        if fmt == stat.S_IFREG or fmt == stat.S_IFDIR:
+            pass
+        elif fmt == stat.S_IFLNK:
             try:
                 e.link = os.fsencode(os.readlink(leaf, dir_fd=dirfd))
             except OSError as err:
@@ -282,7 +285,7 @@ class FileListBuilder:
                           % (_show(self._shown(prefix)), _errtext(err)))
                 return
             for de in listing:
-                leaf = os.fsencode(de.name)
+                leaf = de.name.encode(_FS_ENCODING, _FS_ERRORS)
                 name = prefix + b"/" + leaf if prefix else leaf
                 if len(name) >= MAX_PATH:
                     self.io_error |= IOERR_GENERAL

@@ -72,6 +72,23 @@ def test_buffer_and_stream_integer_decoders_agree():
         rsync.varint_at(b"\xc0\x01", 0)
 
 
+def test_varint_and_varlong_roundtrip_across_widths():
+    """Every encoded width (the one- and two-byte forms are made apart
+    from the general loop) decodes back, from a stream and from bytes."""
+    rnd = random.Random(4)
+    for _ in range(4000):
+        v = rnd.randrange(-(1 << 31), 1 << 31) if rnd.random() < 0.2 else \
+            rnd.randrange(0, 1 << rnd.choice((7, 8, 14, 15, 16, 24, 31)))
+        enc = rsync.enc_varint(v)
+        assert reader(enc).varint() == v
+        assert rsync.varint_at(enc, 0) == (v, len(enc))
+        for min_bytes in (3, 4):
+            w = rnd.randrange(0, 1 << rnd.choice((8, 16, 23, 24, 31, 32, 48, 62)))
+            enc = rsync.enc_varlong(w, min_bytes)
+            assert reader(enc).varlong(min_bytes) == w
+            assert rsync.varlong_at(enc, 0, min_bytes) == (w, len(enc))
+
+
 def test_varint_overflow_is_an_error():
     with pytest.raises(rsync.ProtocolError):
         reader(b"\xfe" + b"\0" * 8).varint()
@@ -304,6 +321,7 @@ def test_flist_decoder_refuses_unsafe_names(name):
     out, t = writer(32)
     enc = rsync.FlistEncoder(out, opts, 32, True, 16)
     enc.send(rsync.FileEntry(name, stat.S_IFREG | 0o644, 1), 0)
+    enc.flush()
     out.flush()
     dec = rsync.FlistDecoder(reader(bytes(t.out)), opts, 32, True, 16)
     with pytest.raises(rsync.RsyncError):
@@ -315,6 +333,7 @@ def test_flist_decoder_bad_mode_and_hlink():
     out, t = writer(32)
     enc = rsync.FlistEncoder(out, opts, 32, True, 16)
     enc.send(rsync.FileEntry(b"x", 0o170644, 1), 0)
+    enc.flush()
     out.flush()
     dec = rsync.FlistDecoder(reader(bytes(t.out)), opts, 32, True, 16)
     with pytest.raises(rsync.ProtocolError, match="invalid mode"):
