@@ -1206,8 +1206,23 @@ def sort_key(name, is_dir, protocol):
 
 
 def sort_file_list(entries, protocol):
-    """Sorts in place as both sides of rsync do before using indexes."""
-    entries.sort(key=lambda e: sort_key(e.name, e.mode & 0o170000 == stat.S_IFDIR, protocol))
+    """Sorts in place as both sides of rsync do before using indexes: by
+    sort_key, with each directory's part of the key made once."""
+    if protocol < 29:
+        entries.sort(key=lambda e: e.name)
+    else:
+        prefixes = {b"": b""}
+
+        def key(e):
+            name = e.name
+            if name == b".":
+                return b"\0"
+            parent, _, leaf = name.rpartition(b"/")
+            pre = prefixes.get(parent)
+            if pre is None:
+                pre = prefixes[parent] = b"".join([b"\1" + p + b"/" for p in parent.split(b"/")])
+            return pre + (b"\1" + leaf + b"/\0" if e.mode & 0o170000 == stat.S_IFDIR else b"\0" + leaf)
+        entries.sort(key=key)
     for i, e in enumerate(entries):
         e.ndx = i
 

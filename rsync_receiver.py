@@ -197,14 +197,12 @@ class DestTree:
         return tuple(parts[:-1]), parts[-1]
 
     def lstat(self, name):
-        parent, leaf = self.split(name)
         try:
-            if leaf == b".":
+            if name == b".":
                 return os.stat(self.rootfd)
-            return os.stat(leaf, dir_fd=self.dir(parent), follow_symlinks=False)
-        except FileNotFoundError:
-            return None
-        except NotADirectoryError:
+            dfd, leaf = self.locate(name)
+            return os.stat(leaf, dir_fd=dfd, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
             return None
 
     def close(self):

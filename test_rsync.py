@@ -297,6 +297,11 @@ def test_sort_key_matches_f_name_cmp(protocol):
     by_key = sorted(items, key=lambda x: rsync.sort_key(x[0], x[1], protocol))
     by_cmp = sorted(items, key=functools.cmp_to_key(lambda a, b: f_name_cmp(a, b, protocol)))
     assert by_key == by_cmp
+    entries = [rsync.FileEntry(n, stat.S_IFDIR | 0o755 if d else stat.S_IFREG | 0o644) for n, d in items]
+    rnd.shuffle(entries)
+    rsync.sort_file_list(entries, protocol)
+    assert [(e.name, stat.S_ISDIR(e.mode)) for e in entries] == by_cmp
+    assert [e.ndx for e in entries] == list(range(len(entries)))
 
 
 @pytest.mark.parametrize("data,err", [
