@@ -252,10 +252,28 @@ class SocketTransport(Transport):
     `deadline` (a time.monotonic() value) every read must finish by then."""
 
     deadline = None
+    quickack = False
 
     def __init__(self, sock, timeout=None):
         self.sock = sock
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Our writes are whole batches already; Nagle would only hold a
+            # small last one back until the peer's delayed ack (~40 ms).
+            # The peer may not think so (rsync writes its arguments and its
+            # checksum list in pieces): acking at once lets its next piece go.
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self.quickack = hasattr(socket, "TCP_QUICKACK")
+            except OSError:
+                pass
         self.set_timeout(timeout)
+
+    def _ack_at_once(self):
+        """TCP_QUICKACK lasts only a while, so it is asked for before each read."""
+        try:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        except OSError:
+            self.quickack = False
 
     def set_timeout(self, timeout):
         self.timeout = timeout
@@ -267,6 +285,8 @@ class SocketTransport(Transport):
             if left <= 0:
                 raise RsyncError("timeout waiting for data from the peer", RERR_TIMEOUT)
             self.sock.settimeout(left)
+        if self.quickack:
+            self._ack_at_once()
         try:
             return self.sock.recv(n)
         except socket.timeout:
@@ -280,6 +300,8 @@ class SocketTransport(Transport):
             if left <= 0:
                 raise RsyncError("timeout waiting for data from the peer", RERR_TIMEOUT)
             self.sock.settimeout(left)
+        if self.quickack:
+            self._ack_at_once()
         try:
             return self.sock.recv_into(buf)
         except socket.timeout:
