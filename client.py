@@ -908,7 +908,10 @@ class Pull:
         if opts.verbose and not opts.quiet and (opts.recurse or opts.dirs):
             out.write("receiving file list ... ")
             out.needs_newline = True
-        entries, unsorted, users, groups = rsync_receiver.recv_file_list(sess, self.check_requested)
+        check = self.check_requested
+        if self.filters is None and self._requested_names() is True:
+            check = None  # every name may come: nothing to check per entry
+        entries, unsorted, users, groups = rsync_receiver.recv_file_list(sess, check)
         if opts.verbose and not opts.quiet and (opts.recurse or opts.dirs):
             out.needs_newline = False
             out.write("done\n")

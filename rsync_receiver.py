@@ -450,10 +450,22 @@ class Receiver:
                 if e.is_dir() and e.flags & FLAG_CONTENT_DIR:
                     self._delete_in_dir(e)
         during = opts.delete and (opts.delete_mode == "during" or (opts.delete_mode is None and p >= 30))
+        unchanged = self._unchanged
+        quick = unchanged is not None and self.daemon_filters is None and self.local_name is None
+        lstat, made_dirs = self.tree.lstat, self.made_dirs
         for e in self.entries:
             if during and e.is_dir() and e.flags & FLAG_CONTENT_DIR:
                 self._delete_in_dir(e)
             try:
+                if quick and e.mode & 0o170000 == stat.S_IFREG and \
+                        e.name.rpartition(b"/")[0] not in made_dirs:
+                    # The common case of a re-sync, without the calls of the
+                    # general path: an unchanged file ends here.
+                    st = lstat(e.name)
+                    if st is not None and unchanged(e, st):
+                        continue
+                    self._recv_generator(e, full_sums=False, st=st)
+                    continue
                 self._recv_generator(e, full_sums=False)
             except OSError as err:
                 self.warn('rsync: [generator] %s "%s": %s' % ("recv_generator", _show(e.name), _errtext(err)))
@@ -523,20 +535,24 @@ class Receiver:
         return self.daemon_filters is not None and self.daemon_filters.excluded(
             self.daemon_prefix + name, is_dir)
 
-    def _recv_generator(self, e, full_sums):
-        """recv_generator: decides for one entry and acts or asks."""
+    _NOT_YET = object()
+
+    def _recv_generator(self, e, full_sums, st=_NOT_YET):
+        """recv_generator: decides for one entry and acts or asks; `st` is
+        the entry's lstat when the caller has made it already."""
         opts, sess = self.opts, self.sess
         name = self.target(e)
-        if e.name != b"." and self._daemon_excluded(e.name, e.is_dir()):
-            self.warn("ERROR: daemon refused to receive %s \"%s\"" % ("directory" if e.is_dir() else "file",
-                                                                      _show(e.name)))
-            return
-        if not full_sums and name.rpartition(b"/")[0] in self.made_dirs:
-            st = None
-        else:
-            st = self.tree.lstat(name)
-        if st is not None and self._unchanged is not None and self._unchanged(e, st):
-            return
+        if st is self._NOT_YET:
+            if e.name != b"." and self._daemon_excluded(e.name, e.is_dir()):
+                self.warn("ERROR: daemon refused to receive %s \"%s\"" % (
+                    "directory" if e.is_dir() else "file", _show(e.name)))
+                return
+            if not full_sums and name.rpartition(b"/")[0] in self.made_dirs:
+                st = None
+            else:
+                st = self.tree.lstat(name)
+            if st is not None and self._unchanged is not None and self._unchanged(e, st):
+                return
         if e.is_dir():
             return self._gen_dir(e, name, st)
         if e.ndx in self.leaders:
@@ -1550,11 +1566,13 @@ def recv_file_list(sess, check=None):
     unsorted = list(dec.entries)
     entries = list(dec.entries)
     sort_file_list(entries, sess.protocol)
-    seen = set()
-    for e in entries:
-        if e.name in seen:
-            raise ProtocolError("duplicate name in file list: %s" % _show(e.name), RERR_PROTOCOL)
-        seen.add(e.name)
+    names = [e.name for e in entries]
+    if len(set(names)) != len(names):
+        seen = set()
+        for name in names:
+            if name in seen:
+                raise ProtocolError("duplicate name in file list: %s" % _show(name), RERR_PROTOCOL)
+            seen.add(name)
     sess.stats.flist_size = sess.raw.total - start
     return entries, unsorted, users, groups
 

@@ -432,6 +432,13 @@ def test_hostile_unrequested_name(arena):
     assert arena_unchanged(arena)
 
 
+def test_hostile_duplicate_name(arena):
+    srv = FakeServer(lambda sess: send_list(sess, [top(), reg(b"twice"), reg(b"twice", b"y")]))
+    p = ours("-a", "rsync://127.0.0.1:%d/m/" % srv.port, str(arena / "dst") + "/", check=False)
+    assert p.returncode == 2 and b"duplicate name in file list: twice" in p.stderr, p.stderr
+    assert arena_unchanged(arena)
+
+
 def test_hostile_excluded_name(arena):
     srv = FakeServer(lambda sess: send_list(sess, [top(), reg(b"secret.key")]))
     p = ours("-a", "--exclude=*.key", "rsync://127.0.0.1:%d/m/" % srv.port, str(arena / "dst") + "/",
