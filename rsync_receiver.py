@@ -134,6 +134,9 @@ def sum_sizes_sqroot(length, protocol, xfer_len, block_size=0, full_sums=False):
     return blength, s2length, count, remainder
 
 
+_WHOLE = (0, 0, 0, 0)  # the sum head of a file asked for without a basis
+
+
 def _tmpname(name):
     """get_tmpname: `.NAME.XXXXXX` beside the target, within NAME_MAX."""
     base = name[:MAX_NAME_LEN - 8]
@@ -452,19 +455,27 @@ class Receiver:
         during = opts.delete and (opts.delete_mode == "during" or (opts.delete_mode is None and p >= 30))
         unchanged = self._unchanged
         quick = unchanged is not None and self.daemon_filters is None and self.local_name is None
+        new_whole = quick and not (opts.existing or opts.dry_run or opts.max_size is not None
+                                   or opts.min_size is not None)
         lstat, made_dirs = self.tree.lstat, self.made_dirs
         for e in self.entries:
             if during and e.is_dir() and e.flags & FLAG_CONTENT_DIR:
                 self._delete_in_dir(e)
             try:
-                if quick and e.mode & 0o170000 == stat.S_IFREG and \
-                        e.name.rpartition(b"/")[0] not in made_dirs:
-                    # The common case of a re-sync, without the calls of the
-                    # general path: an unchanged file ends here.
-                    st = lstat(e.name)
-                    if st is not None and unchanged(e, st):
-                        continue
-                    self._recv_generator(e, full_sums=False, st=st)
+                if quick and e.mode & 0o170000 == stat.S_IFREG:
+                    # The common cases of a re-sync and of a first copy,
+                    # without the calls of the general path: an unchanged
+                    # file ends here, and one in a directory made in this
+                    # run is asked for whole.
+                    if e.name.rpartition(b"/")[0] not in made_dirs:
+                        st = lstat(e.name)
+                        if st is not None and unchanged(e, st):
+                            continue
+                        self._recv_generator(e, full_sums=False, st=st)
+                    elif new_whole:
+                        self._send_request(e.ndx, ITEM_TRANSFER | ITEM_IS_NEW, _WHOLE)
+                    else:
+                        self._recv_generator(e, full_sums=False)
                     continue
                 self._recv_generator(e, full_sums=False)
             except OSError as err:
