@@ -25,6 +25,7 @@ import time
 import rsync_delta
 from rsync import (
     DROP_EVERY,
+    Demux,
     FLAG_CONTENT_DIR,
     FLAG_DIR_CREATED,
     FLAG_HLINKED,
@@ -135,6 +136,8 @@ def sum_sizes_sqroot(length, protocol, xfer_len, block_size=0, full_sums=False):
 
 
 _WHOLE = (0, 0, 0, 0)  # the sum head of a file asked for without a basis
+_I32 = struct.Struct("<i")
+_SUM_HEAD = struct.Struct("<4i")
 
 
 def _tmpname(name):
@@ -1110,7 +1113,10 @@ class Receiver:
         sess.on_no_send = self._no_send
         opts = self.opts
         lean = self.tokens is None and not (opts.inplace or opts.sparse or self.progress)
+        whole_messages = lean and p >= 30 and not opts.dry_run and isinstance(inp.src, Demux)
         while True:
+            if whole_messages and self._take_whole_message(n, phase):
+                continue
             ndx = inp.ndx()
             if ndx == NDX_DONE:
                 self._pop_expected(NDX_DONE)
@@ -1185,22 +1191,14 @@ class Receiver:
         then verified, given its attributes and renamed into place."""
         name = self.target(e)
         dfd, leaf = self.tree.locate(name)
-        for _ in range(100):
-            tmp = _tmpname(leaf)
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW, 0o600, dir_fd=dfd)
-                break
-            except FileExistsError:
-                continue
-            except OSError:
-                return self._receive_file(e, iflags, head, redoing)
-        else:
+        opened = self._open_tmp(dfd, leaf)
+        if opened is None:
             return self._receive_file(e, iflags, head, redoing)
+        tmp, fd = opened
         sess = self.sess
         src = sess.inp.src
         h = sess.checksums.file_hasher()
         total = 0
-        ok = False
         try:
             while True:
                 t = src.int32()
@@ -1218,28 +1216,130 @@ class Receiver:
                     _write_out(fd, data)
             data = None
             self.stats.literal_data += total
-            if src.read(sess.checksums.xfer_len) != h.digest():
-                if redoing:
-                    self.warn("ERROR: %s failed verification -- update discarded." % _show(name))
-                else:
-                    self.out("error", e, 0, "WARNING: %s failed verification -- update discarded (will try again)."
-                             % _show(name))
-                    self.to_gen.put(("redo", e.ndx))
-                return
+            verified = src.read(sess.checksums.xfer_len) == h.digest()
+        except BaseException:
+            self._drop_tmp(dfd, leaf, tmp, fd, redoing)
+            raise
+        self._place_tmp(e, iflags, name, dfd, leaf, tmp, fd, verified, redoing)
+
+    def _open_tmp(self, dfd, leaf):
+        """A new temp file beside `leaf`: (its name, fd), or None if it
+        cannot be made (the general path then reports it)."""
+        for _ in range(100):
+            tmp = _tmpname(leaf)
+            try:
+                return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW, 0o600, dir_fd=dfd)
+            except FileExistsError:
+                continue
+            except OSError:
+                return None
+        return None
+
+    def _drop_tmp(self, dfd, leaf, tmp, fd, redoing):
+        """A temp file whose transfer failed: closed, and removed, or with
+        --partial (not when redoing) put in the target's place."""
+        os.close(fd)
+        try:
+            if self.opts.partial and not redoing:
+                os.rename(tmp, leaf, src_dir_fd=dfd, dst_dir_fd=dfd)
+            else:
+                os.unlink(tmp, dir_fd=dfd)
+        except OSError:
+            pass
+
+    def _place_tmp(self, e, iflags, name, dfd, leaf, tmp, fd, verified, redoing):
+        """finish_transfer for a new temp file holding all the data: if its
+        sum verified, attributes and the rename into place; else a redo."""
+        if not verified:
+            if redoing:
+                self.warn("ERROR: %s failed verification -- update discarded." % _show(name))
+            else:
+                self.out("error", e, 0, "WARNING: %s failed verification -- update discarded (will try again)."
+                         % _show(name))
+                self.to_gen.put(("redo", e.ndx))
+            self._drop_tmp(dfd, leaf, tmp, fd, redoing)
+            return
+        try:
             self._set_attrs(e, name, None, fd=fd, new_owner=self._new_owner(name.rpartition(b"/")[0], fd))
             os.rename(tmp, leaf, src_dir_fd=dfd, dst_dir_fd=dfd)
-            ok = True
-            self.out("xfer", e, iflags, None)
-        finally:
-            os.close(fd)
-            if not ok:
-                try:
-                    if self.opts.partial and not redoing:
-                        os.rename(tmp, leaf, src_dir_fd=dfd, dst_dir_fd=dfd)
-                    else:
-                        os.unlink(tmp, dir_fd=dfd)
-                except OSError:
-                    pass
+        except BaseException:
+            self._drop_tmp(dfd, leaf, tmp, fd, redoing)
+            raise
+        os.close(fd)
+        self.out("xfer", e, iflags, None)
+
+    def _take_whole_message(self, n, phase):
+        """The common case of a first copy, in one go: a small file's whole
+        message (index, item flags, sum head, literal tokens, file sum) when
+        it sits complete in the current input frame, read from the buffer
+        in place. Returns False having consumed nothing for anything else,
+        which the general path then reads and checks."""
+        inp = self.sess.inp
+        demux = inp.src
+        raw = demux.raw
+        start = raw.pos
+        stop = start + min(demux.left, raw.end - start)
+        if stop - start < 23:
+            return False
+        buf = raw.buf
+        b = buf[start]
+        if b == 0 or b >= 0xFE:
+            return False
+        ndx = inp.prev_positive + b
+        iflags = buf[start + 1] | buf[start + 2] << 8
+        if ndx >= n or iflags & (ITEM_BASIS_TYPE_FOLLOWS | ITEM_XNAME_FOLLOWS) or not iflags & ITEM_TRANSFER \
+                or _SUM_HEAD.unpack_from(buf, start + 3) != _WHOLE:
+            return False
+        pos = start + 19
+        pieces = []
+        while True:
+            if pos + 4 > stop:
+                return False
+            t = _I32.unpack_from(buf, pos)[0]
+            pos += 4
+            if t == 0:
+                break
+            if t < 0 or t > (1 << 24) or pos + t > stop:
+                return False
+            pieces.append((pos, t))
+            pos += t
+        xlen = self.sess.checksums.xfer_len
+        e = self.entries[ndx]
+        if pos + xlen > stop or e.mode & 0o170000 != stat.S_IFREG or e.size > self.LEAN_SIZE or phase == 2:
+            return False
+        with self.expect_cond:
+            if not self.expect or self.expect[0] != (ndx, iflags, _WHOLE):
+                return False
+        name = self.target(e)
+        dfd, leaf = self.tree.locate(name)
+        opened = self._open_tmp(dfd, leaf)
+        if opened is None:
+            return False
+        tmp, fd = opened
+        self._pop_expected(ndx)
+        demux.left -= pos + xlen - start
+        raw.pos = pos + xlen
+        inp.prev_positive = ndx
+        redoing = phase == 1
+        stats = self.stats
+        if iflags & ITEM_IS_NEW and not redoing:
+            stats.created_files += 1
+            self.created["reg"] = self.created.get("reg", 0) + 1
+        stats.xferred_files += 1
+        stats.total_transferred_size += e.size
+        h = self.sess.checksums.file_hasher()
+        view = raw.view
+        try:
+            for off, t in pieces:
+                h.update(view[off:off + t])
+                _write_out(fd, view[off:off + t])
+                stats.literal_data += t
+            verified = buf[pos:pos + xlen] == h.digest()
+        except BaseException:
+            self._drop_tmp(dfd, leaf, tmp, fd, redoing)
+            raise
+        self._place_tmp(e, iflags, name, dfd, leaf, tmp, fd, verified, redoing)
+        return True
 
     def _receive_file(self, e, iflags, head, redoing):
         """receive_data + finish_transfer for one file."""
