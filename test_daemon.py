@@ -261,3 +261,39 @@ def test_file_shrinking_while_sent_whole(inproc, tmp_path, rsync_bin, monkeypatc
     (mod / "small").write_text("still here")
     run([rsync_bin, "-a", srv.url + "/m/small", str(tmp_path / "small")])
     assert (tmp_path / "small").read_text() == "still here"
+
+
+def test_failed_verification_is_redone(inproc, tmp_path, monkeypatch):
+    """A file whose sum does not match its data (here: the daemon spoils the
+    first sum it sends) is discarded with rsync's warning and asked for
+    again in the redo phase; the second copy lands, and the run succeeds."""
+    import subprocess
+    from conftest import client_cmd
+    mod = tmp_path / "mod"
+    (mod / "d").mkdir(parents=True)
+    for name, size in (("d/small", 3000), ("d/other", 10), ("big", 3 << 20)):
+        (mod / name).write_bytes(os.urandom(size))
+    srv = inproc({"m": str(mod)})
+    spoiled = []
+    real_small = rsync_sender.Sender._send_small
+
+    def spoil_small(self, fd, size):
+        if not spoiled:
+            spoiled.append(size)
+            real_write = self.sess.out.write_parts
+
+            def write_parts(parts):
+                self.sess.out.write_parts = real_write
+                parts[-1] = bytes(len(parts[-1]))
+                return real_write(parts)
+            self.sess.out.write_parts = write_parts
+        return real_small(self, fd, size)
+    monkeypatch.setattr(rsync_sender.Sender, "_send_small", spoil_small)
+    dst = tmp_path / "dst"
+    p = subprocess.run(client_cmd() + ["-a", srv.url + "/m/", str(dst) + "/"], capture_output=True, timeout=120)
+    assert spoiled
+    assert p.returncode == 0, p.stderr
+    assert b"failed verification -- update discarded (will try again)" in p.stderr
+    for name in ("d/small", "d/other", "big"):
+        assert (dst / name).read_bytes() == (mod / name).read_bytes()
+    assert not [n for n in os.listdir(dst / "d") if n.startswith(".")], "temp file left behind"
