@@ -911,13 +911,26 @@ class Pull:
         check = self.check_requested
         if self.filters is None and self._requested_names() is True:
             check = None  # every name may come: nothing to check per entry
-        entries, unsorted, users, groups = rsync_receiver.recv_file_list(sess, check)
+        prefetch = None
+        if opts.times and not (opts.checksum or opts.ignore_times or opts.hard_links or opts.dry_run):
+            try:
+                prefetch = rsync_receiver.StatPrefetch(os.open(os.fsencode(self.dest) or b".", rsync.O_DIR))
+            except OSError:
+                prefetch = None
+        try:
+            entries, unsorted, users, groups = rsync_receiver.recv_file_list(sess, check, prefetch)
+        except BaseException:
+            if prefetch is not None:
+                prefetch.close()
+            raise
         if opts.verbose and not opts.quiet and (opts.recurse or opts.dirs):
             out.needs_newline = False
             out.write("done\n")
         count_files(sess.stats, entries)
         out.nfiles = len(entries)
         if not entries:
+            if prefetch is not None:
+                prefetch.close()
             return self.finish(start, None)
 
         def created(path):
@@ -926,12 +939,22 @@ class Pull:
         cwd = os.open(".", rsync.O_DIR)
         try:
             destfd, local_name = rsync_receiver.open_destination(cwd, self.dest, entries, False, created)
+        except BaseException:
+            if prefetch is not None:
+                prefetch.close()
+            raise
         finally:
             os.close(cwd)
+        prefetched = None
+        if prefetch is not None:
+            if local_name is None and prefetch.matches(destfd):
+                prefetched = prefetch.stats
+            prefetch.close()
         receiver = rsync_receiver.Receiver(sess, entries, unsorted, destfd, local_name, self.filters,
                                   out=lambda kind, e, iflags, extra: out.event(receiver, kind, e, iflags, extra),
                                   progress=out.progress if opts.progress else None)
         receiver.map_ids(users, groups)
+        receiver.prefetched = prefetched
         try:
             receiver.run(after_files=lambda: self.read_stats(sess))
         finally:

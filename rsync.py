@@ -1645,10 +1645,14 @@ class FlistDecoder(_FlistState):
         self.io_error = 0
         self.ended = False
 
-    def recv_entries(self, check=None):
-        """Every entry up to the end of the list; `check(entry)` sees each."""
+    def recv_entries(self, check=None, between=None):
+        """Every entry up to the end of the list; `check(entry)` sees each,
+        and `between(entries)` is called each time the bytes at hand are
+        used up, before waiting for more."""
         inp, parse = self.inp, self.parse
         while not self.ended:
+            if between is not None:
+                between(self.entries)
             data = inp.peek()
             pos = 0
             while True:

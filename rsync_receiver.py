@@ -136,6 +136,7 @@ def sum_sizes_sqroot(length, protocol, xfer_len, block_size=0, full_sums=False):
 
 
 _WHOLE = (0, 0, 0, 0)  # the sum head of a file asked for without a basis
+_NO_STAT = object()
 _I32 = struct.Struct("<i")
 _SUM_HEAD = struct.Struct("<4i")
 
@@ -217,6 +218,55 @@ class DestTree:
                 if c[1] >= 0:
                     os.close(c[1])
                 c[0], c[1] = None, -1
+
+
+class StatPrefetch:
+    """The generator's lstat of each regular file in the list, made while
+    the rest of the list is still coming (time a client spends waiting for
+    the sender to walk its tree), as rsync's generator does it with
+    incremental recursion. The results count only if the destination the
+    receiver then opens is the directory looked at (see `matches`)."""
+
+    def __init__(self, destfd):
+        self.fd = destfd
+        self.tree = DestTree(destfd)
+        self.done = 0
+        self.stats = {}
+        self.missing = set()
+
+    def __call__(self, entries):
+        stats, missing, tree = self.stats, self.missing, self.tree
+        for i in range(self.done, len(entries)):
+            e = entries[i]
+            if e.mode & 0o170000 != stat.S_IFREG:
+                continue
+            parent = e.name.rpartition(b"/")[0]
+            if parent in missing:
+                stats[e.name] = None
+                continue
+            try:
+                dfd, leaf = tree.locate(e.name)
+            except (FileNotFoundError, NotADirectoryError):
+                missing.add(parent)
+                stats[e.name] = None
+                continue
+            except OSError:
+                continue
+            try:
+                stats[e.name] = os.stat(leaf, dir_fd=dfd, follow_symlinks=False)
+            except (FileNotFoundError, NotADirectoryError):
+                stats[e.name] = None
+            except OSError:
+                pass
+        self.done = len(entries)
+
+    def matches(self, destfd):
+        a, b = os.fstat(self.fd), os.fstat(destfd)
+        return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+    def close(self):
+        self.tree.close()
+        os.close(self.fd)
 
 
 class ReceiverError(RsyncError):
@@ -461,6 +511,8 @@ class Receiver:
         new_whole = quick and not (opts.existing or opts.dry_run or opts.max_size is not None
                                    or opts.min_size is not None)
         lstat, made_dirs = self.tree.lstat, self.made_dirs
+        prefetched = self.prefetched if self.prefetched is not None else {}
+        self.prefetched = None
         for e in self.entries:
             if during and e.is_dir() and e.flags & FLAG_CONTENT_DIR:
                 self._delete_in_dir(e)
@@ -471,7 +523,9 @@ class Receiver:
                     # file ends here, and one in a directory made in this
                     # run is asked for whole.
                     if e.name.rpartition(b"/")[0] not in made_dirs:
-                        st = lstat(e.name)
+                        st = prefetched.pop(e.name, _NO_STAT)
+                        if st is _NO_STAT:
+                            st = lstat(e.name)
                         if st is not None and unchanged(e, st):
                             continue
                         self._recv_generator(e, full_sums=False, st=st)
@@ -550,6 +604,7 @@ class Receiver:
             self.daemon_prefix + name, is_dir)
 
     _NOT_YET = object()
+    prefetched = None  # {name: lstat or None} made while the list came (StatPrefetch)
 
     def _recv_generator(self, e, full_sums, st=_NOT_YET):
         """recv_generator: decides for one entry and acts or asks; `st` is
@@ -1661,14 +1716,14 @@ def open_destination(basefd, dest, entries, confined, created=None):
     return open_dir(), None
 
 
-def recv_file_list(sess, check=None):
+def recv_file_list(sess, check=None, between=None):
     """recv_file_list: entries (sorted, with indexes), the list as it came,
     and the sender's user and group names."""
     opts = sess.opts
     dec = FlistDecoder(sess.inp, opts, sess.protocol, sess.xfer_flags_as_varint,
                        sess.checksums.file_len, sess.id0_names)
     start = sess.raw.total
-    dec.recv_entries(check)
+    dec.recv_entries(check, between)
     users, groups = ({}, {}) if opts.numeric_ids else dec.recv_id_lists()
     io_error = dec.io_error
     if sess.protocol < 30:

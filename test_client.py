@@ -205,6 +205,42 @@ def test_unprivileged_pull_into_read_only_directories(stock_daemon_factory, rsyn
         shutil.rmtree(top, ignore_errors=True)
 
 
+def test_resync_after_local_changes(stock_daemon_factory, rsync_bin, tmp_path):
+    """A second pull over a copy changed locally (files rewritten with a new
+    time, removed, replaced by a directory or a symlink, a mode changed)
+    puts back exactly the source. The list is long enough to come in
+    pieces, so that the generator's stats are taken while it still comes."""
+    import random
+    rnd = random.Random(8)
+    src = tmp_path / "src"
+    names = []
+    for d in range(50):
+        for f in range(200):
+            rel = "d%02d/f%03d" % (d, f)
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            (src / rel).write_bytes(rnd.randbytes(rnd.randrange(0, 300)))
+            names.append(rel)
+    daemon = stock_daemon_factory(rsync_bin, {"m": str(src)})
+    dst = tmp_path / "d"
+    ours("-a", daemon.url + "/m/", str(dst) + "/")
+    for rel in names[5::1000]:
+        (dst / rel).write_bytes(b"changed")
+        os.utime(dst / rel, (1, 1))
+    for rel in names[7::1000]:
+        os.unlink(dst / rel)
+    for rel in names[11::1000]:
+        os.unlink(dst / rel)
+        (dst / rel).mkdir()
+    for rel in names[13::1000]:
+        os.unlink(dst / rel)
+        os.symlink("/etc/passwd", dst / rel)
+    for rel in names[17::1000]:
+        os.chmod(dst / rel, 0o600)
+    ours("-a", daemon.url + "/m/", str(dst) + "/")
+    got, want = snapshot(str(dst)), snapshot(str(src))
+    assert not diff_snapshots(got, want), diff_snapshots(got, want)
+
+
 def test_multiple_sources_and_single_file(stock350, tmp_path, rsync_bin):
     a, b = tmp_path / "a", tmp_path / "b"
     ours("-a", stock350.url + "/m/foo.txt", stock350.url + "/m/a", str(a) + "/")
