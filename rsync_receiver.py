@@ -220,12 +220,17 @@ class DestTree:
                 c[0], c[1] = None, -1
 
 
+_QuickStat = collections.namedtuple("_QuickStat", "st_mode st_size st_mtime_ns st_uid st_gid")
+
+
 class StatPrefetch:
     """The generator's lstat of each regular file in the list, made while
     the rest of the list is still coming (time a client spends waiting for
     the sender to walk its tree), as rsync's generator does it with
-    incremental recursion. The results count only if the destination the
-    receiver then opens is the directory looked at (see `matches`)."""
+    incremental recursion. The results (what the quick check needs of each,
+    or None for a missing file) count only if the destination the receiver
+    then opens is the directory looked at (see `matches`); a file whose
+    prefetched state does not show it unchanged is stat'ed again."""
 
     def __init__(self, destfd):
         self.fd = destfd
@@ -234,9 +239,11 @@ class StatPrefetch:
         self.stats = {}
         self.missing = set()
 
+    LIMIT = 200_000  # entries looked at ahead: the rest are stat'ed by the generator
+
     def __call__(self, entries):
         stats, missing, tree = self.stats, self.missing, self.tree
-        for i in range(self.done, len(entries)):
+        for i in range(self.done, min(len(entries), self.LIMIT)):
             e = entries[i]
             if e.mode & 0o170000 != stat.S_IFREG:
                 continue
@@ -253,11 +260,13 @@ class StatPrefetch:
             except OSError:
                 continue
             try:
-                stats[e.name] = os.stat(leaf, dir_fd=dfd, follow_symlinks=False)
+                st = os.stat(leaf, dir_fd=dfd, follow_symlinks=False)
             except (FileNotFoundError, NotADirectoryError):
                 stats[e.name] = None
+                continue
             except OSError:
-                pass
+                continue
+            stats[e.name] = _QuickStat(st.st_mode, st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid)
         self.done = len(entries)
 
     def matches(self, destfd):
@@ -524,10 +533,12 @@ class Receiver:
                     # run is asked for whole.
                     if e.name.rpartition(b"/")[0] not in made_dirs:
                         st = prefetched.pop(e.name, _NO_STAT)
-                        if st is _NO_STAT:
+                        if st is not None:
+                            if st is not _NO_STAT and unchanged(e, st):
+                                continue
                             st = lstat(e.name)
-                        if st is not None and unchanged(e, st):
-                            continue
+                            if st is not None and unchanged(e, st):
+                                continue
                         self._recv_generator(e, full_sums=False, st=st)
                     elif new_whole:
                         self._send_request(e.ndx, ITEM_TRANSFER | ITEM_IS_NEW, _WHOLE)
