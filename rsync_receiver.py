@@ -1256,7 +1256,10 @@ class Receiver:
         data written as it comes to a new temp file beside the target,
         then verified, given its attributes and renamed into place."""
         name = self.target(e)
-        dfd, leaf = self.tree.locate(name)
+        try:
+            dfd, leaf = self.tree.locate(name)
+        except OSError:
+            return self._receive_file(e, iflags, head, redoing)
         opened = self._open_tmp(dfd, leaf)
         if opened is None:
             return self._receive_file(e, iflags, head, redoing)
@@ -1377,7 +1380,10 @@ class Receiver:
             if not self.expect or self.expect[0] != (ndx, iflags, _WHOLE):
                 return False
         name = self.target(e)
-        dfd, leaf = self.tree.locate(name)
+        try:
+            dfd, leaf = self.tree.locate(name)
+        except OSError:
+            return False
         opened = self._open_tmp(dfd, leaf)
         if opened is None:
             return False

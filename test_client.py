@@ -205,6 +205,41 @@ def test_unprivileged_pull_into_read_only_directories(stock_daemon_factory, rsyn
         shutil.rmtree(top, ignore_errors=True)
 
 
+@pytest.mark.skipif(not IS_ROOT, reason="needs root to become nobody")
+def test_unreachable_destination_directory_is_an_error_not_a_crash(stock_daemon_factory, rsync_bin):
+    """A destination directory we may not enter (mode 0 and not ours): its
+    files fail with rsync's mkstemp error and exit 23, the rest arrives, as
+    with the stock client."""
+    import shutil
+    import tempfile
+    import client
+    top = tempfile.mkdtemp(prefix="gokr-unreachable-")
+    try:
+        os.chmod(top, 0o755)
+        src = os.path.join(top, "src")
+        os.makedirs(os.path.join(src, "shut"))
+        for rel in ("shut/f", "open.txt"):
+            with open(os.path.join(src, rel), "wb") as f:
+                f.write(rel.encode() * 100)
+        daemon = stock_daemon_factory(rsync_bin, {"m": src})
+        for who in ("ours", "stock"):
+            dst = os.path.join(top, who)
+            os.makedirs(os.path.join(dst, "shut"))
+            os.chown(dst, 65534, 65534)
+            os.chmod(os.path.join(dst, "shut"), 0)
+            argv = ["-rt", daemon.url + "/m/", dst + "/"]
+            if who == "ours":
+                code = _as_nobody(lambda: client.main(argv))
+            else:
+                code = _as_nobody(lambda: subprocess.run([rsync_bin] + argv, stdout=subprocess.DEVNULL,
+                                                         stderr=subprocess.DEVNULL).returncode)
+            assert code == 23, (who, code)
+            with open(os.path.join(dst, "open.txt"), "rb") as f:
+                assert f.read() == b"open.txt" * 100
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
 def test_resync_after_local_changes(stock_daemon_factory, rsync_bin, tmp_path):
     """A second pull over a copy changed locally (files rewritten with a new
     time, removed, replaced by a directory or a symlink, a mode changed)
