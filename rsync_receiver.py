@@ -221,6 +221,7 @@ class DestTree:
 
 
 _QuickStat = collections.namedtuple("_QuickStat", "st_mode st_size st_mtime_ns st_uid st_gid")
+_new_quick = tuple.__new__  # (a _QuickStat without the Python-level __new__ call)
 
 
 class StatPrefetch:
@@ -266,7 +267,7 @@ class StatPrefetch:
                 continue
             except OSError:
                 continue
-            stats[e.name] = _QuickStat(st.st_mode, st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid)
+            stats[e.name] = _new_quick(_QuickStat, (st.st_mode, st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid))
         self.done = len(entries)
 
     def matches(self, destfd):
