@@ -26,6 +26,8 @@ import rsync_delta
 from rsync import (
     DROP_EVERY,
     Demux,
+    _I32,
+    _SUM_HEAD,
     FLAG_CONTENT_DIR,
     FLAG_DIR_CREATED,
     FLAG_HLINKED,
@@ -137,8 +139,6 @@ def sum_sizes_sqroot(length, protocol, xfer_len, block_size=0, full_sums=False):
 
 _WHOLE = (0, 0, 0, 0)  # the sum head of a file asked for without a basis
 _NO_STAT = object()
-_I32 = struct.Struct("<i")
-_SUM_HEAD = struct.Struct("<4i")
 
 
 def _tmpname(name):
@@ -679,7 +679,7 @@ class Receiver:
             self._pace()
             return
         if st is None or opts.whole_file or st.st_size == 0:
-            self._send_request(e.ndx, iflags, (0, 0, 0, 0) if st is None or opts.whole_file
+            self._send_request(e.ndx, iflags, _WHOLE if st is None or opts.whole_file
                                else (0, BLOCK_SIZE if not opts.block_size else opts.block_size,
                                      0, 0))
             return
@@ -751,12 +751,12 @@ class Receiver:
         try:
             fd = os.open(leaf, os.O_RDONLY | O_NOFOLLOW, dir_fd=self.tree.dir(parent))
         except OSError:
-            self._send_request(e.ndx, iflags, (0, 0, 0, 0))
+            self._send_request(e.ndx, iflags, _WHOLE)
             return
         try:
             size = os.fstat(fd).st_size
             if size == 0:
-                self._send_request(e.ndx, iflags, (0, 0, 0, 0))
+                self._send_request(e.ndx, iflags, _WHOLE)
                 return
             blength, s2length, count, remainder = sum_sizes_sqroot(
                 size, sess.protocol, sess.checksums.xfer_len, self.opts.block_size, full_sums)
@@ -1224,11 +1224,7 @@ class Receiver:
             if phase == 2:
                 raise ProtocolError("got transfer request in phase 2", RERR_PROTOCOL)
             redoing = phase == 1
-            if iflags & ITEM_IS_NEW and not redoing:
-                self.stats.created_files += 1
-                self.created["reg"] = self.created.get("reg", 0) + 1
-            self.stats.xferred_files += 1
-            self.stats.total_transferred_size += e.size
+            self._count_transfer(e, iflags, redoing)
             if self.opts.dry_run:
                 self.out("xfer", e, iflags, None)
                 continue
@@ -1317,16 +1313,29 @@ class Receiver:
         except OSError:
             pass
 
+    def _failed_verification(self, e, name, redoing):
+        """A received file whose sum does not match: a warning and a redo
+        request, or on the redo itself an error."""
+        if redoing:
+            self.warn("ERROR: %s failed verification -- update discarded." % _show(name))
+        else:
+            self.out("error", e, 0, "WARNING: %s failed verification -- update discarded (will try again)."
+                     % _show(name))
+            self.to_gen.put(("redo", e.ndx))
+
+    def _count_transfer(self, e, iflags, redoing):
+        stats = self.stats
+        if iflags & ITEM_IS_NEW and not redoing:
+            stats.created_files += 1
+            self.created["reg"] = self.created.get("reg", 0) + 1
+        stats.xferred_files += 1
+        stats.total_transferred_size += e.size
+
     def _place_tmp(self, e, iflags, name, dfd, leaf, tmp, fd, verified, redoing):
         """finish_transfer for a new temp file holding all the data: if its
         sum verified, attributes and the rename into place; else a redo."""
         if not verified:
-            if redoing:
-                self.warn("ERROR: %s failed verification -- update discarded." % _show(name))
-            else:
-                self.out("error", e, 0, "WARNING: %s failed verification -- update discarded (will try again)."
-                         % _show(name))
-                self.to_gen.put(("redo", e.ndx))
+            self._failed_verification(e, name, redoing)
             self._drop_tmp(dfd, leaf, tmp, fd, redoing)
             return
         try:
@@ -1394,12 +1403,8 @@ class Receiver:
         raw.pos = pos + xlen
         inp.prev_positive = ndx
         redoing = phase == 1
+        self._count_transfer(e, iflags, redoing)
         stats = self.stats
-        if iflags & ITEM_IS_NEW and not redoing:
-            stats.created_files += 1
-            self.created["reg"] = self.created.get("reg", 0) + 1
-        stats.xferred_files += 1
-        stats.total_transferred_size += e.size
         h = self.sess.checksums.file_hasher()
         view = raw.view
         try:
@@ -1556,12 +1561,7 @@ class Receiver:
             if opts.inplace or sparse:
                 os.ftruncate(fd, offset)
             if digest != h.digest():
-                if redoing:
-                    self.warn("ERROR: %s failed verification -- update discarded." % _show(name))
-                else:
-                    self.out("error", e, 0, "WARNING: %s failed verification -- update discarded (will try again)."
-                             % _show(name))
-                    self.to_gen.put(("redo", e.ndx))
+                self._failed_verification(e, name, redoing)
                 return
             self._set_attrs(e, name, None, fd=fd,
                             new_owner=None if opts.inplace else self._new_owner(name.rpartition(b"/")[0], fd))

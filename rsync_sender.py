@@ -54,13 +54,13 @@ from rsync import (
     _is_device,
     _is_special,
     _show,
+    _I32,
     _user_name,
     open_dir_beneath,
     sort_file_list,
     split_path,
 )
 
-_I32 = struct.Struct("<i")
 _ZERO_TOKEN = _I32.pack(0)
 _FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
@@ -267,6 +267,17 @@ class FileListBuilder:
         self.entries.append(e)
         return e
 
+    def _lost(self, name, err, what):
+        """A file that vanished while the list was made (exit 24 at the end),
+        or one that could not be read (23); the walk goes on."""
+        if isinstance(err, FileNotFoundError):
+            self.io_error |= IOERR_VANISHED
+            self.warn(MSG_WARNING, "file has vanished: %s" % _show(self._shown(name)))
+        else:
+            self.io_error |= IOERR_GENERAL
+            self.warn(MSG_ERROR_XFER, "rsync: [sender] %s failed: %s"
+                      % (what % _show(self._shown(name)), _errtext(err)))
+
     def _walk(self, dfd, base, prefix, parts=None):
         """send_directory: lists dfd (which it closes), then descends into
         each subdirectory, with the per-directory filter files of each level
@@ -293,14 +304,8 @@ class FileListBuilder:
                     continue
                 try:
                     st = os.stat(leaf, dir_fd=dfd, follow_symlinks=False)
-                except FileNotFoundError:
-                    self.io_error |= IOERR_VANISHED
-                    self.warn(MSG_WARNING, "file has vanished: %s" % _show(self._shown(name)))
-                    continue
                 except OSError as err:
-                    self.io_error |= IOERR_GENERAL
-                    self.warn(MSG_ERROR_XFER, 'rsync: [sender] readlink_stat("%s") failed: %s'
-                              % (_show(self._shown(name)), _errtext(err)))
+                    self._lost(name, err, 'readlink_stat("%s")')
                     continue
                 is_dir = stat.S_ISDIR(st.st_mode)
                 flags = FLAG_CONTENT_DIR if opts.recurse else 0
@@ -319,14 +324,8 @@ class FileListBuilder:
             for leaf, name in subdirs:
                 try:
                     sfd = os.open(leaf, O_DIR | O_NOFOLLOW, dir_fd=dfd)
-                except FileNotFoundError:
-                    self.io_error |= IOERR_VANISHED
-                    self.warn(MSG_WARNING, "file has vanished: %s" % _show(self._shown(name)))
-                    continue
                 except OSError as err:
-                    self.io_error |= IOERR_GENERAL
-                    self.warn(MSG_ERROR_XFER, 'rsync: [sender] opendir "%s" failed: %s'
-                              % (_show(self._shown(name)), _errtext(err)))
+                    self._lost(name, err, 'opendir "%s"')
                     continue
                 self._walk(sfd, base, name, None if parts is None else parts + (leaf,))
         finally:
