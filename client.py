@@ -18,6 +18,7 @@ import sys
 import time
 
 import rsync
+import rsync_flist
 import rsync_receiver
 
 PROG = "gokr-rsync"
@@ -314,8 +315,8 @@ def itemize_string(e, iflags, opts, sender=False):
         c[3] = "."
         c[4] = "." if not iflags & rsync.ITEM_REPORT_TIME else "t" if opts.times else "T"
     else:
-        c[1] = "d" if e.is_dir() else "S" if rsync._is_special(e.mode) else \
-            "D" if rsync._is_device(e.mode) else "f"
+        c[1] = "d" if e.is_dir() else "S" if rsync_flist._is_special(e.mode) else \
+            "D" if rsync_flist._is_device(e.mode) else "f"
         c[3] = "s" if iflags & rsync.ITEM_REPORT_SIZE else "."
         c[4] = "." if not iflags & rsync.ITEM_REPORT_TIME else "t" if opts.times else "T"
     c[2] = "c" if iflags & rsync.ITEM_REPORT_CHANGE else "."
@@ -1145,7 +1146,7 @@ class Push:
             def event(kind, e, iflags, extra):
                 if iflags & rsync.ITEM_IS_NEW and kind == "item":
                     k = "dir" if e.is_dir() else "link" if e.is_link() else "dev" \
-                        if rsync._is_device(e.mode) else "special" if rsync._is_special(e.mode) else "reg"
+                        if rsync_flist._is_device(e.mode) else "special" if rsync_flist._is_special(e.mode) else "reg"
                     created[k] = created.get(k, 0) + 1
                 if kind == "item":
                     significant = iflags & ~(rsync.ITEM_BASIS_TYPE_FOLLOWS | rsync.ITEM_XNAME_FOLLOWS

@@ -28,11 +28,6 @@ from rsync import (
     Demux,
     _I32,
     _SUM_HEAD,
-    FLAG_CONTENT_DIR,
-    FLAG_DIR_CREATED,
-    FLAG_HLINKED,
-    FLAG_HLINK_FIRST,
-    FlistDecoder,
     IOERR_DEL_LIMIT,
     IOERR_GENERAL,
     ITEM_BASIS_TYPE_FOLLOWS,
@@ -67,16 +62,23 @@ from rsync import (
     _compress,
     _drop_pages,
     _errtext,
-    _is_device,
-    _is_special,
     _show,
     gid_by_name,
     open_dir_beneath,
     parse_size,
-    sort_file_list,
     split_path,
     uid_by_name,
     write_all_vectored,
+)
+from rsync_flist import (
+    FLAG_CONTENT_DIR,
+    FLAG_DIR_CREATED,
+    FLAG_HLINKED,
+    FLAG_HLINK_FIRST,
+    FlistDecoder,
+    _is_device,
+    _is_special,
+    sort_file_list,
 )
 
 BLOCK_SIZE = 700

@@ -2,7 +2,7 @@
 file the generator asks for.
 
 On the wire the sender first writes the file list (flist encoding in
-rsync.FlistEncoder), then loops: it reads an index and item flags from the
+rsync_flist.FlistEncoder), then loops: it reads an index and item flags from the
 generator, for a transfer also the block-sum header and the sums of the
 receiver's basis file, and answers with the same index and flags, the sum
 header, the tokens (literal runs and matched block numbers, or compressed
@@ -22,12 +22,7 @@ from rsync import (
     CHUNK_SIZE,
     DROP_EVERY,
     DirCache,
-    FLAG_CONTENT_DIR,
-    FLAG_MOUNT_DIR,
-    FLAG_TOP_DIR,
     FNAMECMP_FNAME,
-    FileEntry,
-    FlistEncoder,
     IOERR_GENERAL,
     IOERR_VANISHED,
     ITEM_IS_NEW,
@@ -51,14 +46,21 @@ from rsync import (
     _drop_pages,
     _errtext,
     _group_name,
-    _is_device,
-    _is_special,
     _show,
     _I32,
     _user_name,
     open_dir_beneath,
-    sort_file_list,
     split_path,
+)
+from rsync_flist import (
+    FLAG_CONTENT_DIR,
+    FLAG_MOUNT_DIR,
+    FLAG_TOP_DIR,
+    FileEntry,
+    FlistEncoder,
+    _is_device,
+    _is_special,
+    sort_file_list,
 )
 
 _ZERO_TOKEN = _I32.pack(0)

@@ -11,6 +11,7 @@ import threading
 import pytest
 
 import rsync
+import rsync_flist
 from conftest import (IS_ROOT, client_cmd, daemon_cmd, diff_snapshots, run, snapshot)
 
 PROTOCOLS = [27, 28, 29, 30, 31, 32]
@@ -440,7 +441,7 @@ class FakeServer:
 
 
 def send_list(sess, entries):
-    enc = rsync.FlistEncoder(sess.out, sess.opts, sess.protocol, sess.xfer_flags_as_varint,
+    enc = rsync_flist.FlistEncoder(sess.out, sess.opts, sess.protocol, sess.xfer_flags_as_varint,
                              sess.checksums.file_len)
     for i, e in enumerate(entries):
         enc.send(e, i)
@@ -450,18 +451,18 @@ def send_list(sess, entries):
 
 
 def reg(name, data=b"x"):
-    e = rsync.FileEntry(name, stat.S_IFREG | 0o644, len(data), 1_700_000_000)
+    e = rsync_flist.FileEntry(name, stat.S_IFREG | 0o644, len(data), 1_700_000_000)
     return e
 
 
 def top():
-    e = rsync.FileEntry(b".", stat.S_IFDIR | 0o755, 0, 1_700_000_000)
-    e.flags = rsync.FLAG_TOP_DIR | rsync.FLAG_CONTENT_DIR
+    e = rsync_flist.FileEntry(b".", stat.S_IFDIR | 0o755, 0, 1_700_000_000)
+    e.flags = rsync_flist.FLAG_TOP_DIR | rsync_flist.FLAG_CONTENT_DIR
     return e
 
 
 def link(name, target):
-    e = rsync.FileEntry(name, stat.S_IFLNK | 0o777, len(target), 1_700_000_000)
+    e = rsync_flist.FileEntry(name, stat.S_IFLNK | 0o777, len(target), 1_700_000_000)
     e.link = target
     return e
 

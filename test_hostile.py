@@ -8,6 +8,7 @@ import socket
 import pytest
 
 import rsync
+import rsync_flist
 from conftest import run
 
 
@@ -92,13 +93,13 @@ def handshake(daemon, protocol=32, args=("--server", "--sender", "-logDtpre.iLsf
 def read_flist(sess):
     rsync.send_filter_rules(sess, [])
     sess.out.flush()
-    dec = rsync.FlistDecoder(sess.inp, sess.opts, sess.protocol, sess.xfer_flags_as_varint,
+    dec = rsync_flist.FlistDecoder(sess.inp, sess.opts, sess.protocol, sess.xfer_flags_as_varint,
                              sess.checksums.file_len, sess.id0_names)
     dec.recv_entries()
     dec.recv_id_lists()
     if sess.protocol < 30:
         sess.inp.int32()
-    rsync.sort_file_list(dec.entries, sess.protocol)
+    rsync_flist.sort_file_list(dec.entries, sess.protocol)
     return dec.entries
 
 

@@ -10,6 +10,7 @@ import struct
 import pytest
 
 import rsync
+import rsync_flist
 
 
 def reader(data, protocol=32, chunk=7):
@@ -61,15 +62,15 @@ def test_buffer_and_stream_integer_decoders_agree():
             r = rsync.In(rsync.RawIn(rsync.BytesTransport(data)), 32)
             if min_bytes is None:
                 stream = outcome(lambda: (r.varint(), r.src.pos))
-                buffered = outcome(lambda: rsync.varint_at(data, 0))
+                buffered = outcome(lambda: rsync_flist.varint_at(data, 0))
             else:
                 stream = outcome(lambda: (r.varlong(min_bytes), r.src.pos))
-                buffered = outcome(lambda: rsync.varlong_at(data, 0, min_bytes))
+                buffered = outcome(lambda: rsync_flist.varlong_at(data, 0, min_bytes))
             assert stream == buffered, (data.hex(), min_bytes)
-    with pytest.raises(rsync._Short):
-        rsync.varlong_at(b"\xff\x01", 0, 3)
-    with pytest.raises(rsync._Short):
-        rsync.varint_at(b"\xc0\x01", 0)
+    with pytest.raises(rsync_flist._Short):
+        rsync_flist.varlong_at(b"\xff\x01", 0, 3)
+    with pytest.raises(rsync_flist._Short):
+        rsync_flist.varint_at(b"\xc0\x01", 0)
 
 
 def test_varint_and_varlong_roundtrip_across_widths():
@@ -81,12 +82,12 @@ def test_varint_and_varlong_roundtrip_across_widths():
             rnd.randrange(0, 1 << rnd.choice((7, 8, 14, 15, 16, 24, 31)))
         enc = rsync.enc_varint(v)
         assert reader(enc).varint() == v
-        assert rsync.varint_at(enc, 0) == (v, len(enc))
+        assert rsync_flist.varint_at(enc, 0) == (v, len(enc))
         for min_bytes in (3, 4):
             w = rnd.randrange(0, 1 << rnd.choice((8, 16, 23, 24, 31, 32, 48, 62)))
             enc = rsync.enc_varlong(w, min_bytes)
             assert reader(enc).varlong(min_bytes) == w
-            assert rsync.varlong_at(enc, 0, min_bytes) == (w, len(enc))
+            assert rsync_flist.varlong_at(enc, 0, min_bytes) == (w, len(enc))
 
 
 def test_varint_overflow_is_an_error():
@@ -162,15 +163,15 @@ def make_opts(**kw):
 
 def sample_entries():
     def e(name, mode, size=0, mtime=1_700_000_000, nsec=0, **kw):
-        x = rsync.FileEntry(name, mode, size, mtime, nsec)
+        x = rsync_flist.FileEntry(name, mode, size, mtime, nsec)
         for k, v in kw.items():
             setattr(x, k, v)
         return x
     es = [
-        e(b".", stat.S_IFDIR | 0o755, flags=rsync.FLAG_TOP_DIR | rsync.FLAG_CONTENT_DIR),
+        e(b".", stat.S_IFDIR | 0o755, flags=rsync_flist.FLAG_TOP_DIR | rsync_flist.FLAG_CONTENT_DIR),
         e(b"a", stat.S_IFREG | 0o644, 5, nsec=123456789, uid=1000, gid=1000),
         e(b"b", stat.S_IFREG | 0o644, 1 << 33, uid=1000, gid=100),
-        e(b"d", stat.S_IFDIR | 0o700, flags=rsync.FLAG_CONTENT_DIR),
+        e(b"d", stat.S_IFDIR | 0o700, flags=rsync_flist.FLAG_CONTENT_DIR),
         e(b"d/" + b"n" * 300, stat.S_IFREG | 0o600, 7, mtime=5),
         e(b"d/link", stat.S_IFLNK | 0o777, 3, link=b"../a"),
         e(b"dev", stat.S_IFCHR | 0o600, rdev_major=8, rdev_minor=300),
@@ -212,14 +213,14 @@ def test_flist_roundtrip(protocol, varint_flags, chunk, checksum):
             if stat.S_ISREG(e.mode) and e.hl_dev == -1:
                 e.hl_dev, e.hl_ino = 2, i
     out, t = writer(protocol)
-    enc = rsync.FlistEncoder(out, opts, protocol, varint_flags, 16)
+    enc = rsync_flist.FlistEncoder(out, opts, protocol, varint_flags, 16)
     for i, e in enumerate(entries):
         enc.send(e, i)
     enc.end(0, True)
     out.int32(-12345)
     out.flush()
     inp = reader(bytes(t.out), protocol, chunk)
-    dec = rsync.FlistDecoder(inp, opts, protocol, varint_flags, 16)
+    dec = rsync_flist.FlistDecoder(inp, opts, protocol, varint_flags, 16)
     got = dec.recv_entries()
     assert inp.int32() == -12345
     assert [g.name for g in got] == [e.name for e in entries]
@@ -235,7 +236,7 @@ def test_flist_roundtrip(protocol, varint_flags, chunk, checksum):
             assert g.link == e.link
         follower = protocol >= 30 and g.hl_first >= 0
         assert g.sum == (e.sum if checksum and stat.S_ISREG(e.mode) and not follower else None)
-        assert g.flags & rsync.FLAG_TOP_DIR == e.flags & rsync.FLAG_TOP_DIR
+        assert g.flags & rsync_flist.FLAG_TOP_DIR == e.flags & rsync_flist.FLAG_TOP_DIR
     h1, h2 = got[-2], got[-1]
     if protocol >= 30:
         assert h2.hl_first == len(entries) - 2
@@ -294,12 +295,12 @@ def test_sort_key_matches_f_name_cmp(protocol):
     for n, d in items:
         names.setdefault(n, d)
     items = list(names.items())
-    by_key = sorted(items, key=lambda x: rsync.sort_key(x[0], x[1], protocol))
+    by_key = sorted(items, key=lambda x: rsync_flist.sort_key(x[0], x[1], protocol))
     by_cmp = sorted(items, key=functools.cmp_to_key(lambda a, b: f_name_cmp(a, b, protocol)))
     assert by_key == by_cmp
-    entries = [rsync.FileEntry(n, stat.S_IFDIR | 0o755 if d else stat.S_IFREG | 0o644) for n, d in items]
+    entries = [rsync_flist.FileEntry(n, stat.S_IFDIR | 0o755 if d else stat.S_IFREG | 0o644) for n, d in items]
     rnd.shuffle(entries)
-    rsync.sort_file_list(entries, protocol)
+    rsync_flist.sort_file_list(entries, protocol)
     assert [(e.name, stat.S_ISDIR(e.mode)) for e in entries] == by_cmp
     assert [e.ndx for e in entries] == list(range(len(entries)))
 
@@ -312,7 +313,7 @@ def test_sort_key_matches_f_name_cmp(protocol):
 ])
 def test_flist_decoder_refuses_garbage(data, err):
     opts = make_opts()
-    dec = rsync.FlistDecoder(reader(data, 29), opts, 29, False, 16)
+    dec = rsync_flist.FlistDecoder(reader(data, 29), opts, 29, False, 16)
     if err is None:
         assert dec.recv_entry() is None
         return
@@ -324,11 +325,11 @@ def test_flist_decoder_refuses_garbage(data, err):
 def test_flist_decoder_refuses_unsafe_names(name):
     opts = make_opts()
     out, t = writer(32)
-    enc = rsync.FlistEncoder(out, opts, 32, True, 16)
-    enc.send(rsync.FileEntry(name, stat.S_IFREG | 0o644, 1), 0)
+    enc = rsync_flist.FlistEncoder(out, opts, 32, True, 16)
+    enc.send(rsync_flist.FileEntry(name, stat.S_IFREG | 0o644, 1), 0)
     enc.flush()
     out.flush()
-    dec = rsync.FlistDecoder(reader(bytes(t.out)), opts, 32, True, 16)
+    dec = rsync_flist.FlistDecoder(reader(bytes(t.out)), opts, 32, True, 16)
     with pytest.raises(rsync.RsyncError):
         dec.recv_entry()
 
@@ -336,15 +337,15 @@ def test_flist_decoder_refuses_unsafe_names(name):
 def test_flist_decoder_bad_mode_and_hlink():
     opts = make_opts(hard_links=True)
     out, t = writer(32)
-    enc = rsync.FlistEncoder(out, opts, 32, True, 16)
-    enc.send(rsync.FileEntry(b"x", 0o170644, 1), 0)
+    enc = rsync_flist.FlistEncoder(out, opts, 32, True, 16)
+    enc.send(rsync_flist.FileEntry(b"x", 0o170644, 1), 0)
     enc.flush()
     out.flush()
-    dec = rsync.FlistDecoder(reader(bytes(t.out)), opts, 32, True, 16)
+    dec = rsync_flist.FlistDecoder(reader(bytes(t.out)), opts, 32, True, 16)
     with pytest.raises(rsync.ProtocolError, match="invalid mode"):
         dec.recv_entry()
     data = rsync.enc_varint(rsync.XMIT_HLINKED) + b"\x01y" + rsync.enc_varint(5)
-    dec = rsync.FlistDecoder(reader(data), opts, 32, True, 16)
+    dec = rsync_flist.FlistDecoder(reader(data), opts, 32, True, 16)
     with pytest.raises(rsync.ProtocolError, match="hard-link reference"):
         dec.recv_entry()
 
@@ -391,20 +392,20 @@ def test_flist_check_sees_every_entry_and_its_errors_propagate(chunk):
     itself takes to mean "more bytes needed", ends the list there."""
     opts = make_opts(hard_links=True)
     out, t = writer(31)
-    enc = rsync.FlistEncoder(out, opts, 31, True, 16)
+    enc = rsync_flist.FlistEncoder(out, opts, 31, True, 16)
     entries = sample_entries()
     for i, e in enumerate(entries):
         enc.send(e, i)
     enc.end(0, True)
     out.flush()
     seen = []
-    dec = rsync.FlistDecoder(reader(bytes(t.out), 31, chunk), opts, 31, True, 16)
+    dec = rsync_flist.FlistDecoder(reader(bytes(t.out), 31, chunk), opts, 31, True, 16)
     dec.recv_entries(lambda e: seen.append(e.name))
     assert seen == [e.name for e in entries]
 
     def refuse(e):
         if e.name == b"d/link":
             raise IndexError("refused")
-    dec = rsync.FlistDecoder(reader(bytes(t.out), 31, chunk), opts, 31, True, 16)
+    dec = rsync_flist.FlistDecoder(reader(bytes(t.out), 31, chunk), opts, 31, True, 16)
     with pytest.raises(IndexError, match="refused"):
         dec.recv_entries(refuse)

@@ -17,6 +17,7 @@ import zlib
 import pytest
 
 import rsync
+import rsync_flist
 import rsync_receiver
 import rsync_sender
 import rsync_compress as rc
@@ -658,13 +659,13 @@ def connect_stock(daemon, protocol, word, extra):
 def read_flist(sess):
     rsync.send_filter_rules(sess, [])
     sess.out.flush()
-    dec = rsync.FlistDecoder(sess.inp, sess.opts, sess.protocol, sess.xfer_flags_as_varint,
+    dec = rsync_flist.FlistDecoder(sess.inp, sess.opts, sess.protocol, sess.xfer_flags_as_varint,
                              sess.checksums.file_len, sess.id0_names)
     dec.recv_entries()
     dec.recv_id_lists()
     if sess.protocol < 30:
         sess.inp.int32()
-    rsync.sort_file_list(dec.entries, sess.protocol)
+    rsync_flist.sort_file_list(dec.entries, sess.protocol)
     return {e.name.decode(): e.ndx for e in dec.entries}
 
 
@@ -877,12 +878,12 @@ class ScriptedDaemon:
 
     def send(self, sess):
         p = sess.protocol
-        top = rsync.FileEntry(b".", stat.S_IFDIR | 0o755, 0, 1_700_000_000)
-        top.flags = rsync.FLAG_TOP_DIR | rsync.FLAG_CONTENT_DIR
-        entries = [top] + [rsync.FileEntry(n.encode(), stat.S_IFREG | 0o644, len(d), 1_700_000_000)
+        top = rsync_flist.FileEntry(b".", stat.S_IFDIR | 0o755, 0, 1_700_000_000)
+        top.flags = rsync_flist.FLAG_TOP_DIR | rsync_flist.FLAG_CONTENT_DIR
+        entries = [top] + [rsync_flist.FileEntry(n.encode(), stat.S_IFREG | 0o644, len(d), 1_700_000_000)
                            for n, d in self.files.items()]
-        rsync.sort_file_list(entries, p)
-        enc = rsync.FlistEncoder(sess.out, sess.opts, p, sess.xfer_flags_as_varint, sess.checksums.file_len)
+        rsync_flist.sort_file_list(entries, p)
+        enc = rsync_flist.FlistEncoder(sess.out, sess.opts, p, sess.xfer_flags_as_varint, sess.checksums.file_len)
         for e in entries:
             enc.send(e, e.ndx)
         enc.end(0, sess.use_safe_flist)

@@ -10,6 +10,7 @@ import time
 import pytest
 
 import rsync
+import rsync_flist
 from conftest import IS_ROOT, diff_snapshots, run, snapshot
 from test_client import ours, stats
 
@@ -251,7 +252,7 @@ def hostile_push(daemon, entries, answer=None, protocol=32):
     import test_hostile as th
     args = ("--server", "-logDtpre.LsfxCIvu", ".", "w/")
     sess = th.handshake(daemon, protocol, args, sender=True)
-    enc = rsync.FlistEncoder(sess.out, sess.opts, sess.protocol, sess.xfer_flags_as_varint,
+    enc = rsync_flist.FlistEncoder(sess.out, sess.opts, sess.protocol, sess.xfer_flags_as_varint,
                              sess.checksums.file_len)
     for i, e in enumerate(entries):
         enc.send(e, i)
@@ -291,14 +292,14 @@ def send_data(sess, ndx, iflags, head, e, data=b"pwned\n"):
 
 
 def fentry(name, mode=stat.S_IFREG | 0o644, size=6, link=None):
-    e = rsync.FileEntry(name, mode, size, 1_700_000_000)
+    e = rsync_flist.FileEntry(name, mode, size, 1_700_000_000)
     e.link = link
     return e
 
 
 def dot():
     e = fentry(b".", stat.S_IFDIR | 0o755, 0)
-    e.flags = rsync.FLAG_TOP_DIR | rsync.FLAG_CONTENT_DIR
+    e.flags = rsync_flist.FLAG_TOP_DIR | rsync_flist.FLAG_CONTENT_DIR
     return e
 
 
