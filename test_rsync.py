@@ -409,3 +409,15 @@ def test_flist_check_sees_every_entry_and_its_errors_propagate(chunk):
     dec = rsync_flist.FlistDecoder(reader(bytes(t.out), 31, chunk), opts, 31, True, 16)
     with pytest.raises(IndexError, match="refused"):
         dec.recv_entries(refuse)
+
+
+def test_setup_installs_every_module():
+    """pip install (and so the container image) gets every module the programs import."""
+    import ast
+    here = os.path.dirname(os.path.abspath(__file__))
+    tree = ast.parse(open(os.path.join(here, "setup.py")).read())
+    listed = next(ast.literal_eval(kw.value) for node in ast.walk(tree) if isinstance(node, ast.Call)
+                  for kw in node.keywords if kw.arg == "py_modules")
+    modules = {name[:-3] for name in os.listdir(here) if name.endswith(".py")
+               and not name.startswith("test_") and name not in ("setup.py", "conftest.py")}
+    assert set(listed) == modules
