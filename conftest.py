@@ -236,6 +236,7 @@ def make_tree(root, big_size=64 << 20, devices=IS_ROOT):
     if IS_ROOT:
         os.chown(os.path.join(root, "private"), 1, 1)
         os.lchown(os.path.join(root, "rel-link"), 2, 2)
+        os.chown(os.path.join(root, "with space.txt"), 3_000_000_000, 4_294_967_294)
     for d, dirs, files in os.walk(root, topdown=False):
         for name in dirs:
             p = os.path.join(d, name)

@@ -175,6 +175,12 @@ class _FlistState:
         self.lastname = b""
 
 
+def _wire_id(ident):
+    """A uid or gid as rsync sends it: as a signed 32-bit int, so the ids
+    from 2**31 up (user namespaces, nobody on some systems) go negative."""
+    return ident - (1 << 32) if ident >= 1 << 31 else ident
+
+
 def _common_prefix(a, b, limit):
     """The length of the longest common prefix of a and b, at most limit."""
     n = min(len(a), len(b), limit)
@@ -328,9 +334,9 @@ class FlistEncoder(_FlistState):
         if not xflags & XMIT_SAME_MODE:
             buf += struct.pack("<I", mode & 0xFFFFFFFF)
         if opts.owner and not xflags & XMIT_SAME_UID:
-            buf += enc_varint(e.uid) if p >= 30 else struct.pack("<i", e.uid)
+            buf += enc_varint(_wire_id(e.uid)) if p >= 30 else struct.pack("<i", _wire_id(e.uid))
         if opts.group and not xflags & XMIT_SAME_GID:
-            buf += enc_varint(e.gid) if p >= 30 else struct.pack("<i", e.gid)
+            buf += enc_varint(_wire_id(e.gid)) if p >= 30 else struct.pack("<i", _wire_id(e.gid))
         if rdev is not None:
             if p < 28:
                 if not xflags & XMIT_SAME_RDEV_pre28:
@@ -381,7 +387,7 @@ class FlistEncoder(_FlistState):
                 continue
             for i, name in ids.items():
                 if i and name:
-                    o.varint30(i)
+                    o.varint30(_wire_id(i))
                     o.byte(len(name))
                     o.write(name)
             o.varint30(0)
