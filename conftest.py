@@ -4,6 +4,7 @@ a tree comparison that looks at bytes and metadata.
 Tests that need stock rsync (or sshd) fail instead of skipping when the
 environment variable CI is set, because CI always installs them."""
 
+import importlib.machinery
 import os
 import shutil
 import signal
@@ -39,6 +40,36 @@ def rsync_bin():
 @pytest.fixture(scope="session")
 def rsync327_bin():
     return need(RSYNC_327, "rsync 3.2.7 (contrib/install-test-deps.sh unpacks it)")
+
+
+def _library_files():
+    return [os.path.join(HERE, "_rsync_delta" + suffix)
+            for suffix in importlib.machinery.EXTENSION_SUFFIXES
+            if os.path.isfile(os.path.join(HERE, "_rsync_delta" + suffix))]
+
+
+@pytest.fixture(scope="session")
+def clib():
+    """The C library, built in place if missing: a failed build fails under CI."""
+    if not _library_files():
+        build = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+                               cwd=HERE, capture_output=True, text=True)
+        if build.returncode != 0 or not _library_files():
+            message = f"building the C library failed:\n{build.stdout}\n{build.stderr}"
+            if os.environ.get("CI"):
+                pytest.fail(message)
+            pytest.skip(message)
+    import rsync_delta
+    import rsync_flist
+    if rsync_delta._lib is None:
+        rsync_delta._lib = rsync_delta._find_library()
+        rsync_flist._fl_decode = rsync_flist._c_decoder()
+    if rsync_delta._lib is None:
+        message = f"cannot load {_library_files()}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return rsync_delta._lib
 
 
 def free_port():

@@ -7,8 +7,15 @@ recv_file_entry undoes that. The receiving side parses entries out of the
 bytes its input has at hand, so that one decoder serves a stream and a
 test's bytes alike, and checks every field against the protocol's limits:
 names with ".." or a leading "/", sizes, modes and lengths out of range are
-refused with a ProtocolError, never trusted."""
+refused with a ProtocolError, never trusted.
 
+The common entries (from protocol 30: no hard links, devices or names of
+users and groups) are decoded in C when the optional library built from
+contrib/ sits next to rsync_delta.py (see contrib/rsync_flist.c); the
+decoder here parses the rest, and everything when the library is missing,
+with the same results."""
+
+import ctypes
 import os
 import stat
 import struct
@@ -483,6 +490,106 @@ def _bytes_at(data, pos, n):
     return data[pos:end], end
 
 
+class _CParams(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_int32) for name in
+                ("protocol", "varint_flags", "owner", "group", "links", "checksum", "relative", "csum_len")]
+
+
+class _CState(ctypes.Structure):
+    _fields_ = [("modtime", ctypes.c_int64), ("mode", ctypes.c_uint32), ("uid", ctypes.c_uint32),
+                ("gid", ctypes.c_uint32), ("lastname_len", ctypes.c_int32),
+                ("lastname", ctypes.c_char * MAX_PATH)]
+
+
+_CRECORD = struct.Struct("<qq10I")
+_C_HAS_SUM = 1 << 31
+_C_ABI_VERSION = 1
+
+
+def _c_decoder():
+    """fl_decode of the C library, declared, or None."""
+    try:
+        import rsync_delta
+    except ImportError:
+        return None
+    lib = rsync_delta._lib
+    try:
+        if lib is None or lib.fl_abi_version() != _C_ABI_VERSION:
+            return None
+        lib.fl_record_size.restype = lib.fl_state_size.restype = ctypes.c_size_t
+        if lib.fl_record_size() != _CRECORD.size or lib.fl_state_size() != ctypes.sizeof(_CState):
+            return None
+    except AttributeError:
+        return None
+    vp, i64p = ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64)
+    fn = lib.fl_decode
+    fn.restype = ctypes.c_int32
+    fn.argtypes = [ctypes.c_char_p, ctypes.c_int64, i64p, ctypes.POINTER(_CParams), ctypes.POINTER(_CState),
+                   vp, ctypes.c_int32, vp, ctypes.c_int64, i64p]
+    return fn
+
+
+_fl_decode = _c_decoder()
+
+
+class _CBatch:
+    """The C decoder's buffers and state for one FlistDecoder."""
+
+    RECORDS = 4096
+    STRINGS = 1 << 20
+
+    def __init__(self, dec):
+        opts = dec.opts
+        self.params = _CParams(dec.protocol, bool(dec.varint_flags), bool(opts.owner), bool(opts.group),
+                               bool(opts.links), bool(opts.checksum), bool(opts.relative), dec.csum_len)
+        self.state = _CState()
+        self.records = ctypes.create_string_buffer(self.RECORDS * _CRECORD.size)
+        self.strings = ctypes.create_string_buffer(self.STRINGS)
+        self.pos = ctypes.c_int64()
+        self.used = ctypes.c_int64()
+        # Entries the C decoder could not take in a row: after the n-th,
+        # Python parses 2**n - 1 more (at most 63) before C tries again.
+        self.misses = 0
+        self.idle = 0
+
+    def decode(self, dec, data, pos, check):
+        """Entries from data[pos:] as far as the C decoder takes them,
+        appended to dec.entries (each shown to `check`): the position
+        after them."""
+        room = min(self.RECORDS, dec.MAX_ENTRIES - len(dec.entries))
+        if room <= 0:
+            return pos
+        st = self.state
+        st.modtime, st.mode, st.uid, st.gid = dec.modtime, dec.mode, dec.uid, dec.gid
+        st.lastname_len = len(dec.lastname)
+        st.lastname = dec.lastname
+        self.pos.value = pos
+        self.used.value = 0
+        n = _fl_decode(data, len(data), self.pos, self.params, st, self.records, room, self.strings,
+                       self.STRINGS, self.used)
+        if not n:
+            return pos
+        strings = ctypes.string_at(self.strings, self.used.value)
+        csum_len = dec.csum_len
+        entries = dec.entries
+        append = entries.append
+        for size, mtime, mode, nsec, uid, gid, name_at, name_len, link_at, link_len, sum_at, flags \
+                in _CRECORD.iter_unpack(ctypes.string_at(self.records, n * _CRECORD.size)):
+            e = FileEntry(strings[name_at:name_at + name_len], mode, size, mtime, nsec, uid, gid)
+            if link_len:
+                e.link = strings[link_at:link_at + link_len]
+            if flags & _C_HAS_SUM:
+                e.sum = strings[sum_at:sum_at + csum_len]
+                flags &= ~_C_HAS_SUM
+            e.flags = flags
+            append(e)
+            if check is not None:
+                check(e)
+        dec.lastname = e.name
+        dec.modtime, dec.mode, dec.uid, dec.gid = st.modtime, st.mode, st.uid, st.gid
+        return self.pos.value
+
+
 class FlistDecoder(_FlistState):
     """recv_file_entry: reads entries, undoing the SAME_* compression and
     checking every field against the protocol's limits.
@@ -502,18 +609,30 @@ class FlistDecoder(_FlistState):
         self.entries = []
         self.io_error = 0
         self.ended = False
+        self.c_batch = _CBatch(self) if _fl_decode is not None and protocol >= 30 else None
 
     def recv_entries(self, check=None, between=None):
         """Every entry up to the end of the list; `check(entry)` sees each,
         and `between(entries)` is called each time the bytes at hand are
         used up, before waiting for more."""
-        inp, parse = self.inp, self.parse
+        inp, parse, batch = self.inp, self.parse, self.c_batch
         while not self.ended:
             if between is not None:
                 between(self.entries)
             data = inp.peek()
             pos = 0
             while True:
+                if batch is not None:
+                    if batch.idle:
+                        batch.idle -= 1
+                    else:
+                        start = pos
+                        pos = batch.decode(self, data, pos, check)
+                        if pos == start:
+                            batch.idle = (1 << min(batch.misses, 6)) - 1
+                            batch.misses += 1
+                        else:
+                            batch.misses = 0
                 try:
                     e, pos_after = parse(data, pos)
                 except _SHORT:
@@ -521,6 +640,8 @@ class FlistDecoder(_FlistState):
                     e = self._recv_spanning()
                     if e is not None and check is not None:
                         check(e)
+                    if batch is not None:
+                        batch.idle = batch.misses = 0
                     break
                 pos = pos_after
                 if e is None:

@@ -421,3 +421,139 @@ def test_setup_installs_every_module():
     modules = {name[:-3] for name in os.listdir(here) if name.endswith(".py")
                and not name.startswith("test_") and name not in ("setup.py", "conftest.py")}
     assert set(listed) == modules
+
+
+# --- the file list's C decoder ---------------------------------------------------------
+
+def _random_entries(rng, n, odd=True):
+    """Entries as a sender lists them: shared name prefixes, long names,
+    symlinks, sizes and times over the whole range; with `odd`, also hard
+    links and devices, which the C decoder leaves to Python."""
+    names, entries = set(), []
+    while len(entries) < n:
+        depth = rng.randrange(3)
+        parts = [rng.choice([b"d", b"dir", b"x" * rng.randrange(1, 200)]) + b"%d" % rng.randrange(4)
+                 for _ in range(depth)]
+        parts.append(rng.choice([b"f", b"file.", b"n" * 300]) + b"%d" % rng.randrange(1000))
+        name = b"/".join(parts)
+        if name in names:
+            continue
+        names.add(name)
+        kind = rng.random()
+        if kind < 0.15:
+            mode = stat.S_IFDIR | rng.choice([0o755, 0o700])
+        elif kind < 0.3:
+            mode = stat.S_IFLNK | 0o777
+        elif odd and kind < 0.33:
+            mode = rng.choice([stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO]) | 0o600
+        else:
+            mode = stat.S_IFREG | rng.choice([0o644, 0o600, 0o755])
+        e = rsync_flist.FileEntry(name, mode, rng.choice([0, 7, rng.randrange(1 << 20), rng.randrange(1 << 62)]),
+                                  rng.choice([1_700_000_000, rng.randrange(-(1 << 40), 1 << 40)]),
+                                  rng.choice([0, rng.randrange(10 ** 9)]),
+                                  rng.choice([0, 1000, 1 << 31]), rng.choice([0, 100, 70000]))
+        if stat.S_ISLNK(mode):
+            e.link = rng.choice([b"../a", b"t" * rng.randrange(1, 1000)])
+        if stat.S_ISDIR(mode):
+            e.flags = rng.choice([rsync_flist.FLAG_CONTENT_DIR, 0,
+                                  rsync_flist.FLAG_CONTENT_DIR | rsync_flist.FLAG_TOP_DIR])
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            e.rdev_major, e.rdev_minor = rng.randrange(300), rng.randrange(1 << 20)
+        if stat.S_ISREG(mode):
+            e.sum = bytes(rng.randrange(256) for _ in range(16))
+            if odd and rng.random() < 0.05:
+                e.hl_dev, e.hl_ino = 1, rng.randrange(3)
+        entries.append(e)
+    rsync_flist.sort_file_list(entries, 32)
+    return entries
+
+
+def _encode(entries, opts, protocol, varint_flags, io_error=0):
+    out, t = writer(protocol)
+    enc = rsync_flist.FlistEncoder(out, opts, protocol, varint_flags, 16)
+    for i, e in enumerate(entries):
+        enc.send(e, i)
+    enc.end(io_error, True)
+    out.int32(-12345)
+    out.flush()
+    return bytes(t.out)
+
+
+_ENTRY_FIELDS = [f for f in rsync_flist.FileEntry.__slots__ if f not in ("src", "ndx", "sent")]
+
+
+def _decode(data, opts, protocol, varint_flags, use_c, chunk=1 << 16):
+    """What a decoder made of `data`: each entry's fields, its state after,
+    the error it stopped with, and how many entries the C decoder gave."""
+    inp = reader(data, protocol, chunk)
+    dec = rsync_flist.FlistDecoder(inp, opts, protocol, varint_flags, 16)
+    from_c = []
+    if use_c:
+        assert dec.c_batch is not None
+        real = rsync_flist._fl_decode
+
+        def counting(*args):
+            n = real(*args)
+            from_c.append(n)
+            return n
+        rsync_flist._fl_decode = counting
+    else:
+        dec.c_batch = None
+    try:
+        dec.recv_entries()
+        error = inp.int32()
+    except (rsync.RsyncError, ValueError) as exc:
+        error = (type(exc), str(exc))
+    finally:
+        if use_c:
+            rsync_flist._fl_decode = real
+    fields = [tuple(getattr(e, f) for f in _ENTRY_FIELDS) for e in dec.entries]
+    state = (dec.lastname, dec.modtime, dec.mode, dec.uid, dec.gid, dec.io_error, dec.ended)
+    return fields, state, error, sum(from_c)
+
+
+@pytest.mark.parametrize("protocol,varint_flags", [(30, False), (31, False), (31, True), (32, True)])
+@pytest.mark.parametrize("checksum,owner,links,odd", [
+    (False, True, True, False), (True, True, True, True), (False, False, False, True), (True, False, True, False)])
+def test_flist_c_decoder_agrees_with_python(clib, protocol, varint_flags, checksum, owner, links, odd):
+    rng = random.Random(hash((protocol, varint_flags, checksum, owner, links, odd)) & 0xFFFF)
+    opts = make_opts(checksum=checksum, owner=owner, group=owner, links=links, hard_links=True)
+    entries = _random_entries(rng, 3000, odd)
+    data = _encode(entries, opts, protocol, varint_flags, io_error=rng.choice([0, 5]))
+    for chunk in (1 << 16, 997):
+        c = _decode(data, opts, protocol, varint_flags, True, chunk)
+        py = _decode(data, opts, protocol, varint_flags, False, chunk)
+        assert c[:3] == py[:3]
+        assert c[2] == -12345 and len(c[0]) == len(entries)
+        if chunk > 1000:
+            assert c[3] > len(entries) * (0.98 if not odd else 0.5)
+
+
+def test_flist_c_decoder_agrees_on_damaged_lists(clib):
+    """Every byte of a list flipped or cut short somewhere: both decoders
+    keep the same entries and stop with the same error."""
+    rng = random.Random(30)
+    opts = make_opts(checksum=True, hard_links=True)
+    data = _encode(_random_entries(rng, 200), opts, 32, True)
+    damaged = [data[:rng.randrange(len(data))] for _ in range(100)]
+    for _ in range(400):
+        b = bytearray(data)
+        for _ in range(rng.randrange(1, 4)):
+            b[rng.randrange(len(b))] = rng.choice([0, 0x80, 0xFF, rng.randrange(256)])
+        damaged.append(bytes(b))
+    for d in damaged:
+        assert _decode(d, opts, 32, True, True)[:3] == _decode(d, opts, 32, True, False)[:3]
+
+
+def test_flist_c_decoder_leaves_inline_names_to_python(clib):
+    """An entry carrying its user's name (as stock rsync sends with
+    incremental recursion) is parsed in Python, the rest in C."""
+    opts = make_opts()
+    head = rsync.enc_varint(rsync.XMIT_USER_NAME_FOLLOWS | rsync.XMIT_SAME_GID) + b"\x01a" + \
+        rsync.enc_varlong(5, 3) + rsync.enc_varlong(1_700_000_000, 4) + struct.pack("<I", 0o100644) + \
+        rsync.enc_varint(1000) + b"\x05alice"
+    rest = _encode([rsync_flist.FileEntry(b"b", 0o100600, 9, 1_700_000_001, 0, 1000, 0)], opts, 32, True)
+    fields, state, error, from_c = _decode(head + rest, opts, 32, True, True)
+    assert error == -12345 and from_c == 1
+    assert [f[:9] for f in fields] == [(b"a", 0o100644, 5, 1_700_000_000, 0, 1000, 0, b"alice", None),
+                                       (b"b", 0o100600, 9, 1_700_000_001, 0, 1000, 0, None, None)]
