@@ -32,8 +32,11 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PY = sys.executable
-DAEMON = os.path.join(ROOT, "daemon.py")
-CLIENT = os.path.join(ROOT, "client.py")
+# Run as modules, as the installed gokr-rsyncd and gokr-rsync are: from
+# their compiled bytecode (`python3 client.py` compiles client.py anew each
+# time, some 20 ms); PYTHONPATH in Bench.env finds them.
+DAEMON = ["-m", "daemon"]
+CLIENT = ["-m", "client"]
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
 CASE_ARGS = {
@@ -463,6 +466,7 @@ class Bench:
         env = dict(os.environ)
         for k in ("GOKR_RSYNC_PURE", "RSYNC_CONNECT_PROG", "RSYNC_RSH", "RSYNC_PASSWORD"):
             env.pop(k, None)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
         self.env = env
         self.notes = []
         self.sets = {}
@@ -527,12 +531,12 @@ class Bench:
     def server(self, ours, src, port=None):
         if ours:
             tcp = ["--gokr.listen=127.0.0.1:%d" % port] if port else []
-            return self.wrap.get("daemon", []) + [PY, DAEMON, "--daemon"] + tcp + ["--gokr.modulemap=m=" + src]
+            return self.wrap.get("daemon", []) + [PY, *DAEMON, "--daemon"] + tcp + ["--gokr.modulemap=m=" + src]
         tcp = ["--no-detach", "--address=127.0.0.1", "--port=%d" % port] if port else []
         return [self.rsync, "--daemon"] + tcp + ["--config=" + self.rsyncd_conf(src)]
 
     def client(self, ours, args, dest, port=None):
-        prog = self.wrap.get("client", []) + [PY, CLIENT] if ours else [self.rsync]
+        prog = self.wrap.get("client", []) + [PY, *CLIENT] if ours else [self.rsync]
         url = "rsync://127.0.0.1:%d/m/" % port if port else "rsync://localhost/m/"
         return prog + args + [url, dest + "/"]
 
@@ -575,7 +579,7 @@ class Bench:
             got = {"ours": [], "stock": []}
             for _ in range(self.args.runs):
                 for who in got:
-                    prog = [PY, CLIENT] if side == "client" and who == "ours" else [self.rsync]
+                    prog = [PY, *CLIENT] if side == "client" and who == "ours" else [self.rsync]
 
                     def build(port):
                         url = "rsync://127.0.0.1:%d/" % port if port else "rsync://localhost/"
