@@ -9,11 +9,12 @@ test's bytes alike, and checks every field against the protocol's limits:
 names with ".." or a leading "/", sizes, modes and lengths out of range are
 refused with a ProtocolError, never trusted.
 
-The common entries (from protocol 30: no hard links, devices or names of
-users and groups) are decoded in C when the optional library built from
-contrib/ sits next to rsync_delta.py (see contrib/rsync_flist.c); the
-decoder here parses the rest, and everything when the library is missing,
-with the same results."""
+The common entries (from protocol 30: regular files, directories and
+symlinks, without hard links or names of users and groups) are encoded and
+decoded in C when the optional library built from contrib/ sits next to
+rsync_delta.py (see contrib/rsync_flist.c); the Python here does the rest,
+and everything when the library is missing, with the same bytes and
+entries."""
 
 import ctypes
 import os
@@ -208,12 +209,28 @@ class FlistEncoder(_FlistState):
         self.hlinks = {}
         self.total_size = 0
         self.buf = bytearray()
+        self.c_encoder = _CEncoder(self) if _fl_encode is not None and protocol >= 30 else None
 
     def flush(self):
         """Hands the entries encoded so far to the output (end() does)."""
         if self.buf:
             self.out.write(self.buf)
             self.buf = bytearray()
+
+    def send_all(self, entries):
+        """send() of every entry in turn, runs of common ones in C."""
+        c = self.c_encoder
+        ndx, n = 0, len(entries)
+        while ndx < n:
+            if c is not None:
+                done = c.encode(self, entries, ndx)
+                if done:
+                    ndx += done
+                    if len(self.buf) >= self.FLUSH_AT:
+                        self.flush()
+                    continue
+            self.send(entries[ndx], ndx)
+            ndx += 1
 
     def send(self, e, ndx):
         """One entry, into the encoder's buffer."""
@@ -502,46 +519,135 @@ class _CState(ctypes.Structure):
 
 
 _CRECORD = struct.Struct("<qq10I")
+_CENTRY = struct.Struct("<qq11I4x")
 _C_HAS_SUM = 1 << 31
-_C_ABI_VERSION = 1
+_C_ABI_VERSION = 2
+_C_TYPES = frozenset((stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK))
 
 
-def _c_decoder():
-    """fl_decode of the C library, declared, or None."""
+def _c_flist():
+    """(fl_decode, fl_encode) of the C library, declared, or (None, None)."""
     try:
         import rsync_delta
     except ImportError:
-        return None
+        return None, None
     lib = rsync_delta._lib
     try:
         if lib is None or lib.fl_abi_version() != _C_ABI_VERSION:
-            return None
-        lib.fl_record_size.restype = lib.fl_state_size.restype = ctypes.c_size_t
-        if lib.fl_record_size() != _CRECORD.size or lib.fl_state_size() != ctypes.sizeof(_CState):
-            return None
+            return None, None
+        for fn in (lib.fl_record_size, lib.fl_entry_size, lib.fl_state_size):
+            fn.restype = ctypes.c_size_t
+        if (lib.fl_record_size(), lib.fl_entry_size(), lib.fl_state_size()) != \
+                (_CRECORD.size, _CENTRY.size, ctypes.sizeof(_CState)):
+            return None, None
     except AttributeError:
-        return None
+        return None, None
     vp, i64p = ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64)
-    fn = lib.fl_decode
-    fn.restype = ctypes.c_int32
-    fn.argtypes = [ctypes.c_char_p, ctypes.c_int64, i64p, ctypes.POINTER(_CParams), ctypes.POINTER(_CState),
-                   vp, ctypes.c_int32, vp, ctypes.c_int64, i64p]
-    return fn
+    params, state = ctypes.POINTER(_CParams), ctypes.POINTER(_CState)
+    lib.fl_decode.restype = lib.fl_encode.restype = ctypes.c_int32
+    lib.fl_decode.argtypes = [ctypes.c_char_p, ctypes.c_int64, i64p, params, state, vp, ctypes.c_int32, vp,
+                              ctypes.c_int64, i64p]
+    lib.fl_encode.argtypes = [params, state, vp, ctypes.c_int32, ctypes.c_char_p, vp, ctypes.c_int64, i64p]
+    return lib.fl_decode, lib.fl_encode
 
 
-_fl_decode = _c_decoder()
+_fl_decode, _fl_encode = _c_flist()
 
 
-class _CBatch:
+def _c_params(side):
+    opts = side.opts
+    return _CParams(side.protocol, bool(side.varint_flags), bool(opts.owner), bool(opts.group),
+                    bool(opts.links), bool(opts.checksum), bool(opts.relative), side.csum_len)
+
+
+def _c_state_in(st, side):
+    st.modtime, st.mode, st.uid, st.gid = side.modtime, side.mode, side.uid, side.gid
+    st.lastname_len = len(side.lastname)
+    st.lastname = side.lastname
+
+
+def _c_state_out(st, side):
+    side.lastname = st.lastname[:st.lastname_len]
+    side.modtime, side.mode, side.uid, side.gid = st.modtime, st.mode, st.uid, st.gid
+
+
+class _CEncoder:
+    """The C encoder's buffers and state for one FlistEncoder."""
+
+    ENTRIES = 1024
+    STRINGS = 1 << 18
+
+    def __init__(self, enc):
+        self.params = _c_params(enc)
+        self.state = _CState()
+        self.records = bytearray(self.ENTRIES * _CENTRY.size)
+        self.records_c = (ctypes.c_char * len(self.records)).from_buffer(self.records)
+        self.out_len = ctypes.c_int64()
+        self.out = None
+
+    def encode(self, enc, entries, start):
+        """Encodes entries[start:] into enc.buf for as long as they are
+        common ones (at most ENTRIES at a time): how many."""
+        opts = enc.opts
+        csum_len = enc.csum_len
+        sums = opts.checksum
+        names = (opts.owner or opts.group) and not opts.numeric_ids and \
+            not getattr(opts, "daemon_numeric_ids", False)
+        users, groups = enc.users, enc.groups
+        records, pack = self.records, _CENTRY.pack_into
+        parts = []
+        off = total = count = 0
+        stop = min(len(entries), start + self.ENTRIES)
+        for k in range(start, stop):
+            e = entries[k]
+            mode = e.mode
+            fmt = mode & 0o170000
+            if fmt not in _C_TYPES or e.hl_dev != -1 or off > self.STRINGS:
+                break
+            name = e.name
+            link = (e.link or b"") if fmt == stat.S_IFLNK else b""
+            csum = e.sum if sums and fmt == stat.S_IFREG and e.sum else b""
+            if csum and len(csum) != csum_len:
+                break
+            n, ln = len(name), len(link)
+            pack(records, count * _CENTRY.size, e.size, e.mtime, mode, e.nsec, e.uid, e.gid, e.flags,
+                 off, n, off + n, ln, off + n + ln, len(csum))
+            parts += (name, link, csum)
+            off += n + ln + len(csum)
+            if fmt != stat.S_IFDIR:
+                total += e.size
+            if names:
+                if opts.owner and e.uid not in users:
+                    users[e.uid] = e.user
+                if opts.group and e.gid not in groups:
+                    groups[e.gid] = e.group
+            count += 1
+        if not count:
+            return 0
+        cap = off + count * (64 + csum_len) + 3 * MAX_PATH + 64 + csum_len
+        if self.out is None or len(self.out) < cap:
+            self.out = ctypes.create_string_buffer(max(cap, 1 << 17))
+        st = self.state
+        _c_state_in(st, enc)
+        self.out_len.value = 0
+        done = _fl_encode(self.params, st, self.records_c, count, b"".join(parts), self.out, len(self.out),
+                          self.out_len)
+        if done != count:
+            raise RuntimeError("the C file-list encoder took %d of %d entries" % (done, count))
+        _c_state_out(st, enc)
+        enc.buf += ctypes.string_at(self.out, self.out_len.value)
+        enc.total_size += total
+        return count
+
+
+class _CDecoder:
     """The C decoder's buffers and state for one FlistDecoder."""
 
     RECORDS = 4096
     STRINGS = 1 << 20
 
     def __init__(self, dec):
-        opts = dec.opts
-        self.params = _CParams(dec.protocol, bool(dec.varint_flags), bool(opts.owner), bool(opts.group),
-                               bool(opts.links), bool(opts.checksum), bool(opts.relative), dec.csum_len)
+        self.params = _c_params(dec)
         self.state = _CState()
         self.records = ctypes.create_string_buffer(self.RECORDS * _CRECORD.size)
         self.strings = ctypes.create_string_buffer(self.STRINGS)
@@ -560,9 +666,7 @@ class _CBatch:
         if room <= 0:
             return pos
         st = self.state
-        st.modtime, st.mode, st.uid, st.gid = dec.modtime, dec.mode, dec.uid, dec.gid
-        st.lastname_len = len(dec.lastname)
-        st.lastname = dec.lastname
+        _c_state_in(st, dec)
         self.pos.value = pos
         self.used.value = 0
         n = _fl_decode(data, len(data), self.pos, self.params, st, self.records, room, self.strings,
@@ -585,8 +689,7 @@ class _CBatch:
             append(e)
             if check is not None:
                 check(e)
-        dec.lastname = e.name
-        dec.modtime, dec.mode, dec.uid, dec.gid = st.modtime, st.mode, st.uid, st.gid
+        _c_state_out(st, dec)
         return self.pos.value
 
 
@@ -609,7 +712,7 @@ class FlistDecoder(_FlistState):
         self.entries = []
         self.io_error = 0
         self.ended = False
-        self.c_batch = _CBatch(self) if _fl_decode is not None and protocol >= 30 else None
+        self.c_batch = _CDecoder(self) if _fl_decode is not None and protocol >= 30 else None
 
     def recv_entries(self, check=None, between=None):
         """Every entry up to the end of the list; `check(entry)` sees each,

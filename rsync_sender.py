@@ -412,8 +412,7 @@ class Sender:
         enc = FlistEncoder(sess.out, opts, sess.protocol, sess.xfer_flags_as_varint,
                            sess.checksums.file_len)
         st = sess.stats
-        for ndx, e in enumerate(self.entries):
-            enc.send(e, ndx)
+        enc.send_all(self.entries)
         io_error = 0 if opts.ignore_errors else builder_io_error
         sess.io_error |= io_error
         enc.end(io_error, sess.use_safe_flist)

@@ -529,6 +529,49 @@ def test_flist_c_decoder_agrees_with_python(clib, protocol, varint_flags, checks
             assert c[3] > len(entries) * (0.98 if not odd else 0.5)
 
 
+@pytest.mark.parametrize("protocol,varint_flags", [(30, False), (31, False), (31, True), (32, True)])
+@pytest.mark.parametrize("checksum,owner,links,odd", [
+    (False, True, True, False), (True, True, True, True), (False, False, False, True), (True, False, True, False)])
+def test_flist_c_encoder_writes_what_python_writes(clib, protocol, varint_flags, checksum, owner, links, odd):
+    rng = random.Random(hash((protocol, varint_flags, checksum, owner, links, odd, "enc")) & 0xFFFF)
+    opts = make_opts(checksum=checksum, owner=owner, group=owner, links=links, hard_links=True)
+    entries = _random_entries(rng, 3000, odd)
+    for e in entries:
+        e.user, e.group = b"u%d" % e.uid, None
+        if e.sum is not None and rng.random() < 0.1:
+            e.sum = None
+        if stat.S_ISDIR(e.mode) and rng.random() < 0.2:
+            e.flags = rsync_flist.FLAG_IMPLIED_DIR
+    results, from_c = [], []
+    real = rsync_flist._fl_encode
+
+    def counting(*args):
+        n = real(*args)
+        from_c.append(n)
+        return n
+    for use_c in (True, False):
+        out, t = writer(protocol)
+        enc = rsync_flist.FlistEncoder(out, opts, protocol, varint_flags, 16)
+        if use_c:
+            assert enc.c_encoder is not None
+            rsync_flist._fl_encode = counting
+            try:
+                enc.send_all(entries)
+            finally:
+                rsync_flist._fl_encode = real
+        else:
+            enc.c_encoder = None
+            for i, e in enumerate(entries):
+                enc.send(e, i)
+        enc.end(0, True)
+        enc.send_id_lists(False)
+        out.flush()
+        results.append((bytes(t.out), enc.users, enc.groups, enc.total_size, enc.hlinks,
+                        (enc.lastname, enc.modtime, enc.mode, enc.uid, enc.gid)))
+    assert results[0] == results[1]
+    assert sum(from_c) > len(entries) * (0.98 if not odd else 0.5)
+
+
 def test_flist_c_decoder_agrees_on_damaged_lists(clib):
     """Every byte of a list flipped or cut short somewhere: both decoders
     keep the same entries and stop with the same error."""

@@ -1,7 +1,7 @@
 /*
- * The receiver's file-list decoder (recv_file_entry) for the common
- * entries, for rsync_flist.py, in the same ctypes-loaded library as the
- * delta search.
+ * The file list's encoder (send_file_entry) and decoder (recv_file_entry)
+ * for the common entries, for rsync_flist.py, in the same ctypes-loaded
+ * library as the delta search.
  *
  * From protocol 30 each entry on the wire is: the xflags (a varint, or one
  * or two bytes), the length of the name's prefix shared with the previous
@@ -21,6 +21,11 @@
  * and reports what is wrong with it). An entry is either decoded whole,
  * with the state (previous name, mtime, mode, uid, gid) updated, or not
  * touched at all.
+ *
+ * fl_encode() is the sender's half: it writes entries given as records
+ * (regular files, directories and symlinks without hard links; Python
+ * sends the others) with the same SAME_* compression against the same
+ * state, byte for byte what rsync_flist.FlistEncoder.send writes.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -33,7 +38,7 @@
 #endif
 
 /* Bumped whenever a signature or one of the structs below changes. */
-#define FL_ABI_VERSION 1
+#define FL_ABI_VERSION 2
 
 #define FL_MAX_PATH 4096
 #define FL_MAX_WIRE_NSEC 999999999
@@ -56,7 +61,7 @@ enum {
 };
 
 /* FileEntry.flags bits (rsync_flist.FLAG_*), and one of the record's own. */
-enum { FLAG_TOP_DIR = 1 << 0, FLAG_CONTENT_DIR = 1 << 2, FL_HAS_SUM = 1 << 31 };
+enum { FLAG_TOP_DIR = 1 << 0, FLAG_CONTENT_DIR = 1 << 2, FLAG_IMPLIED_DIR = 1 << 9, FL_HAS_SUM = 1 << 31 };
 
 enum { S_FMT = 0170000, S_REG = 0100000, S_DIR = 0040000, S_LNK = 0120000 };
 
@@ -85,6 +90,16 @@ struct fl_record {
 	uint32_t flags;
 };
 
+/* One entry to encode; name, link and sum at offsets into `strings`. */
+struct fl_entry {
+	int64_t size;
+	int64_t mtime;
+	uint32_t mode, nsec, uid, gid, flags;
+	uint32_t name_off, name_len;
+	uint32_t link_off, link_len;
+	uint32_t sum_off, sum_len;	/* sum_len 0: csum_len zero bytes */
+};
+
 FL_API int fl_abi_version(void)
 {
 	return FL_ABI_VERSION;
@@ -93,6 +108,11 @@ FL_API int fl_abi_version(void)
 FL_API size_t fl_record_size(void)
 {
 	return sizeof(struct fl_record);
+}
+
+FL_API size_t fl_entry_size(void)
+{
+	return sizeof(struct fl_entry);
 }
 
 FL_API size_t fl_state_size(void)
@@ -330,4 +350,164 @@ FL_API int32_t fl_decode(const unsigned char *data, int64_t len, int64_t *pos,
 		n++;
 	}
 	return n;
+}
+
+/* write_varint of a 32-bit value: its low bytes, with the count of those
+ * beyond the first in the leading 1 bits of the first byte. */
+static unsigned char *put_varint(unsigned char *out, uint32_t x)
+{
+	unsigned char b[5];
+	int cnt = 4, i;
+	unsigned bit;
+
+	for (i = 1; i <= 4; i++, x >>= 8)
+		b[i] = x & 0xFF;
+	while (cnt > 1 && b[cnt] == 0)
+		cnt--;
+	bit = 1u << (8 - cnt);
+	if (b[cnt] >= bit) {
+		cnt++;
+		b[0] = (unsigned char)~(bit - 1);
+	} else if (cnt > 1) {
+		b[0] = (unsigned char)(b[cnt] | ~(bit * 2 - 1));
+	} else {
+		b[0] = b[cnt];
+	}
+	memcpy(out, b, cnt);
+	return out + cnt;
+}
+
+/* write_varlong: min_bytes - 1 low bytes always, more as needed. */
+static unsigned char *put_varlong(unsigned char *out, int64_t v, int min_bytes)
+{
+	unsigned char b[9];
+	uint64_t x = (uint64_t)v;
+	int cnt, i;
+	unsigned bit;
+
+	for (i = 1; i <= 8; i++, x >>= 8)
+		b[i] = x & 0xFF;
+	for (cnt = 8; cnt > min_bytes && b[cnt] == 0; cnt--)
+		;
+	bit = 1u << (7 - cnt + min_bytes);
+	if (b[cnt] >= bit) {
+		cnt++;
+		b[0] = (unsigned char)~(bit - 1);
+	} else if (cnt > min_bytes) {
+		b[0] = (unsigned char)(b[cnt] | ~(bit * 2 - 1));
+	} else {
+		b[0] = b[cnt];
+	}
+	memcpy(out, b, cnt);
+	return out + cnt;
+}
+
+/*
+ * Encodes entries[0..n) after out[*out_len], as far as out_cap leaves room
+ * for the largest entry, advancing *out_len. Returns how many.
+ */
+FL_API int32_t fl_encode(const struct fl_params *pa, struct fl_state *st,
+			 const struct fl_entry *entries, int32_t n, const unsigned char *strings,
+			 unsigned char *out, int64_t out_cap, int64_t *out_len)
+{
+	int32_t i;
+	unsigned char *o = out + *out_len;
+
+	if (pa->protocol < 30)
+		return 0;
+	for (i = 0; i < n; i++) {
+		const struct fl_entry *e = entries + i;
+		const unsigned char *name = strings + e->name_off;
+		uint32_t xflags = 0, fmt = e->mode & S_FMT, l1 = 0, l2, limit;
+
+		if (out_cap - (o - out) < 3 * FL_MAX_PATH + 64 + pa->csum_len)
+			break;
+		if (fmt == S_DIR) {
+			if (e->flags & FLAG_CONTENT_DIR)
+				xflags = e->flags & FLAG_TOP_DIR;
+			else if (e->flags & FLAG_IMPLIED_DIR)
+				xflags = XMIT_TOP_DIR | XMIT_NO_CONTENT_DIR;
+			else
+				xflags = XMIT_NO_CONTENT_DIR;
+		}
+		if (e->mode == st->mode)
+			xflags |= XMIT_SAME_MODE;
+		if (!pa->owner || (e->uid == st->uid && st->lastname_len))
+			xflags |= XMIT_SAME_UID;
+		if (!pa->group || (e->gid == st->gid && st->lastname_len))
+			xflags |= XMIT_SAME_GID;
+		if (e->mtime == st->modtime)
+			xflags |= XMIT_SAME_TIME;
+		if (e->nsec && pa->protocol >= 31)
+			xflags |= XMIT_MOD_NSEC;
+		limit = e->name_len < (uint32_t)st->lastname_len ? e->name_len : (uint32_t)st->lastname_len;
+		if (limit > 255)
+			limit = 255;
+		while (l1 < limit && name[l1] == st->lastname[l1])
+			l1++;
+		l2 = e->name_len - l1;
+		if (l1)
+			xflags |= XMIT_SAME_NAME;
+		if (l2 > 255)
+			xflags |= XMIT_LONG_NAME;
+		if (pa->varint_flags) {
+			o = put_varint(o, xflags ? xflags : XMIT_EXTENDED_FLAGS);
+		} else {
+			if (!xflags && fmt != S_DIR)
+				xflags |= XMIT_TOP_DIR;
+			if ((xflags & 0xFF00) || !xflags) {
+				xflags |= XMIT_EXTENDED_FLAGS;
+				*o++ = xflags & 0xFF;
+				*o++ = (xflags >> 8) & 0xFF;
+			} else {
+				*o++ = (unsigned char)xflags;
+			}
+		}
+		if (xflags & XMIT_SAME_NAME)
+			*o++ = (unsigned char)l1;
+		if (xflags & XMIT_LONG_NAME)
+			o = put_varint(o, l2);
+		else
+			*o++ = (unsigned char)l2;
+		memcpy(o, name + l1, l2);
+		o += l2;
+		o = put_varlong(o, e->size, 3);
+		if (!(xflags & XMIT_SAME_TIME))
+			o = put_varlong(o, e->mtime, 4);
+		if (xflags & XMIT_MOD_NSEC)
+			o = put_varint(o, e->nsec);
+		if (!(xflags & XMIT_SAME_MODE)) {
+			o[0] = e->mode & 0xFF;
+			o[1] = (e->mode >> 8) & 0xFF;
+			o[2] = (e->mode >> 16) & 0xFF;
+			o[3] = (e->mode >> 24) & 0xFF;
+			o += 4;
+		}
+		if (!(xflags & XMIT_SAME_UID))
+			o = put_varint(o, e->uid);
+		if (!(xflags & XMIT_SAME_GID))
+			o = put_varint(o, e->gid);
+		if (pa->links && fmt == S_LNK) {
+			o = put_varint(o, e->link_len);
+			memcpy(o, strings + e->link_off, e->link_len);
+			o += e->link_len;
+		}
+		if (pa->checksum && fmt == S_REG) {
+			if (e->sum_len)
+				memcpy(o, strings + e->sum_off, pa->csum_len);
+			else
+				memset(o, 0, pa->csum_len);
+			o += pa->csum_len;
+		}
+		memcpy(st->lastname, name, e->name_len);
+		st->lastname_len = (int32_t)e->name_len;
+		st->mode = e->mode;
+		if (!(xflags & XMIT_SAME_UID))
+			st->uid = e->uid;
+		if (!(xflags & XMIT_SAME_GID))
+			st->gid = e->gid;
+		st->modtime = e->mtime;
+	}
+	*out_len = o - out;
+	return i;
 }
