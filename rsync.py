@@ -1070,6 +1070,7 @@ class Checksums:
             fn = {"xxh64": xxhash.xxh64_digest, "xxh3": xxhash.xxh3_64_digest,
                   "xxh128": xxhash.xxh3_128_digest}[xfer_name]
             self.strong = lambda data: fn(data, s)[::-1]
+            self.file_digest = lambda data: fn(data)[::-1]
         else:
             if xfer_name == "md4" or (xfer_name == "md5" and not md5_seed_first):
                 seed_first = False
@@ -1096,6 +1097,13 @@ class Checksums:
                     h.update(seedbytes)
                     return h.digest()
             self.strong = strong
+
+    def file_digest(self, data):
+        """The whole-file sum of data held all at once (file_hasher's
+        digest; one call for the xxh family)."""
+        h = self.file_hasher()
+        h.update(data)
+        return h.digest()
 
     def file_hasher(self):
         """The accumulator for the whole-file sum sent after each file's data."""

@@ -940,7 +940,7 @@ class Receiver:
             want_gid = -1
             if opts.group:
                 want_gid = self.gid_map.get(e.gid, e.gid)
-                if not self._may_chgrp(want_gid):
+                if not (self.am_root or self._may_chgrp(want_gid)):
                     want_gid = -1
             if want_uid != -1 or want_gid != -1:
                 owner = (st.st_uid, st.st_gid) if st is not None else new_owner
@@ -971,7 +971,7 @@ class Receiver:
                         os.fchmod(self.tree.rootfd, mode)
                     else:
                         os.chmod(leaf, mode, dir_fd=dfd)
-            if opts.times and not (e.is_dir() and opts.omit_dir_times) and \
+            if opts.times and not (opts.omit_dir_times and e.is_dir()) and \
                     not (is_link and opts.omit_link_times):
                 ns = e.mtime * 1_000_000_000 + (e.nsec if self.sess.protocol >= 31 else 0)
                 if st is None or st.st_mtime_ns != ns:
@@ -1388,9 +1388,6 @@ class Receiver:
         e = self.entries[ndx]
         if pos + xlen > stop or e.mode & 0o170000 != stat.S_IFREG or e.size > self.LEAN_SIZE or phase == 2:
             return False
-        with self.expect_cond:
-            if not self.expect or self.expect[0] != (ndx, iflags, _WHOLE):
-                return False
         name = self.target(e)
         try:
             dfd, leaf = self.tree.locate(name)
@@ -1400,21 +1397,34 @@ class Receiver:
         if opened is None:
             return False
         tmp, fd = opened
-        self._pop_expected(ndx)
+        with self.expect_cond:
+            if not self.expect or self.expect[0] != (ndx, iflags, _WHOLE):
+                self._drop_tmp(dfd, leaf, tmp, fd, True)
+                return False
+            self.expect.popleft()
         demux.left -= pos + xlen - start
         raw.pos = pos + xlen
         inp.prev_positive = ndx
         redoing = phase == 1
         self._count_transfer(e, iflags, redoing)
         stats = self.stats
-        h = self.sess.checksums.file_hasher()
+        checksums = self.sess.checksums
         view = raw.view
         try:
-            for off, t in pieces:
-                h.update(view[off:off + t])
-                _write_out(fd, view[off:off + t])
+            if len(pieces) == 1:
+                off, t = pieces[0]
+                data = view[off:off + t]
+                _write_out(fd, data)
                 stats.literal_data += t
-            verified = buf[pos:pos + xlen] == h.digest()
+                verified = buf[pos:pos + xlen] == checksums.file_digest(data)
+                data = None
+            else:
+                h = checksums.file_hasher()
+                for off, t in pieces:
+                    h.update(view[off:off + t])
+                    _write_out(fd, view[off:off + t])
+                    stats.literal_data += t
+                verified = buf[pos:pos + xlen] == h.digest()
         except BaseException:
             self._drop_tmp(dfd, leaf, tmp, fd, redoing)
             raise
