@@ -63,7 +63,7 @@ def clib():
     import rsync_flist
     if rsync_delta._lib is None:
         rsync_delta._lib = rsync_delta._find_library()
-        rsync_flist._fl_decode, rsync_flist._fl_encode = rsync_flist._c_flist()
+        rsync_flist._fl_decode, rsync_flist._fl_encode, rsync_flist._fl_lstat = rsync_flist._c_flist()
     if rsync_delta._lib is None:
         message = f"cannot load {_library_files()}"
         if os.environ.get("CI"):

@@ -521,37 +521,60 @@ class _CState(ctypes.Structure):
 _CRECORD = struct.Struct("<qq10I")
 _CENTRY = struct.Struct("<qq11I4x")
 _C_HAS_SUM = 1 << 31
-_C_ABI_VERSION = 2
+_CSTAT = struct.Struct("<qqIIIi")
+_C_ABI_VERSION = 3
 _C_TYPES = frozenset((stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK))
 
 
 def _c_flist():
-    """(fl_decode, fl_encode) of the C library, declared, or (None, None)."""
+    """(fl_decode, fl_encode, fl_lstat) of the C library, declared, or
+    Nones."""
+    none = None, None, None
     try:
         import rsync_delta
     except ImportError:
-        return None, None
+        return none
     lib = rsync_delta._lib
     try:
         if lib is None or lib.fl_abi_version() != _C_ABI_VERSION:
-            return None, None
-        for fn in (lib.fl_record_size, lib.fl_entry_size, lib.fl_state_size):
+            return none
+        for fn in (lib.fl_record_size, lib.fl_entry_size, lib.fl_stat_size, lib.fl_state_size):
             fn.restype = ctypes.c_size_t
-        if (lib.fl_record_size(), lib.fl_entry_size(), lib.fl_state_size()) != \
-                (_CRECORD.size, _CENTRY.size, ctypes.sizeof(_CState)):
-            return None, None
+        if (lib.fl_record_size(), lib.fl_entry_size(), lib.fl_stat_size(), lib.fl_state_size()) != \
+                (_CRECORD.size, _CENTRY.size, _CSTAT.size, ctypes.sizeof(_CState)):
+            return none
     except AttributeError:
-        return None, None
+        return none
     vp, i64p = ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64)
     params, state = ctypes.POINTER(_CParams), ctypes.POINTER(_CState)
     lib.fl_decode.restype = lib.fl_encode.restype = ctypes.c_int32
     lib.fl_decode.argtypes = [ctypes.c_char_p, ctypes.c_int64, i64p, params, state, vp, ctypes.c_int32, vp,
                               ctypes.c_int64, i64p]
     lib.fl_encode.argtypes = [params, state, vp, ctypes.c_int32, ctypes.c_char_p, vp, ctypes.c_int64, i64p]
-    return lib.fl_decode, lib.fl_encode
+    lib.fl_lstat.restype = None
+    lib.fl_lstat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int32, vp]
+    return lib.fl_decode, lib.fl_encode, lib.fl_lstat
 
 
-_fl_decode, _fl_encode = _c_flist()
+_fl_decode, _fl_encode, _fl_lstat = _c_flist()
+
+
+class CLstat:
+    """lstat of runs of names in one directory in one call of the C
+    library (fl_lstat): for each, (st_mode, st_size, st_mtime_ns, st_uid,
+    st_gid) or the errno."""
+
+    MAX = 4096
+
+    def __init__(self):
+        self.out = ctypes.create_string_buffer(self.MAX * _CSTAT.size)
+
+    def __call__(self, dirfd, leaves):
+        """[(errno, (mode, size, mtime_ns, uid, gid))] for leaves (at most MAX)."""
+        n = len(leaves)
+        _fl_lstat(dirfd, b"\0".join(leaves) + b"\0", n, self.out)
+        return [(err, (mode, size, mtime_ns, uid, gid)) for size, mtime_ns, mode, uid, gid, err
+                in _CSTAT.iter_unpack(ctypes.string_at(self.out, n * _CSTAT.size))]
 
 
 def _c_params(side):

@@ -12,6 +12,7 @@ directory descriptors opened with O_NOFOLLOW.
 """
 
 import collections
+import errno
 import functools
 import os
 import queue
@@ -23,6 +24,7 @@ import threading
 import time
 
 import rsync_delta
+import rsync_flist
 from rsync import (
     DROP_EVERY,
     Demux,
@@ -241,36 +243,59 @@ class StatPrefetch:
         self.done = 0
         self.stats = {}
         self.missing = set()
+        self.lstat = rsync_flist.CLstat() if rsync_flist._fl_lstat is not None else self._lstat
 
     LIMIT = 200_000  # entries looked at ahead: the rest are stat'ed by the generator
 
     def __call__(self, entries):
         stats, missing, tree = self.stats, self.missing, self.tree
+        runs = []  # (parent, names, leaves) of consecutive files in one directory
+        parent_of_run, run_leaves = None, []
         for i in range(self.done, min(len(entries), self.LIMIT)):
             e = entries[i]
             if e.mode & 0o170000 != stat.S_IFREG:
                 continue
-            parent = e.name.rpartition(b"/")[0]
+            name = e.name
+            parent, _, leaf = name.rpartition(b"/")
+            if parent != parent_of_run or len(run_leaves) >= self.RUN:
+                run_names, run_leaves = [], []
+                runs.append((parent, run_names, run_leaves))
+                parent_of_run = parent
+            run_names.append(name)
+            run_leaves.append(leaf)
+        self.done = len(entries)
+        for parent, names, leaves in runs:
+            if parent not in missing:
+                try:
+                    dfd, _ = tree.locate(names[0])
+                except (FileNotFoundError, NotADirectoryError):
+                    missing.add(parent)
+                except OSError:
+                    continue
             if parent in missing:
-                stats[e.name] = None
+                for name in names:
+                    stats[name] = None
                 continue
-            try:
-                dfd, leaf = tree.locate(e.name)
-            except (FileNotFoundError, NotADirectoryError):
-                missing.add(parent)
-                stats[e.name] = None
-                continue
-            except OSError:
-                continue
+            for name, (err, st) in zip(names, self.lstat(dfd, leaves)):
+                if not err:
+                    stats[name] = _new_quick(_QuickStat, st)
+                elif err == errno.ENOENT or err == errno.ENOTDIR:
+                    stats[name] = None
+
+    RUN = 4096
+
+    @staticmethod
+    def _lstat(dfd, leaves):
+        """Without the C library: what rsync_flist.CLstat returns."""
+        out = []
+        for leaf in leaves:
             try:
                 st = os.stat(leaf, dir_fd=dfd, follow_symlinks=False)
-            except (FileNotFoundError, NotADirectoryError):
-                stats[e.name] = None
+            except OSError as err:
+                out.append((err.errno, None))
                 continue
-            except OSError:
-                continue
-            stats[e.name] = _new_quick(_QuickStat, (st.st_mode, st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid))
-        self.done = len(entries)
+            out.append((0, (st.st_mode, st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid)))
+        return out
 
     def matches(self, destfd):
         a, b = os.fstat(self.fd), os.fstat(destfd)

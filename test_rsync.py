@@ -600,3 +600,55 @@ def test_flist_c_decoder_leaves_inline_names_to_python(clib):
     assert error == -12345 and from_c == 1
     assert [f[:9] for f in fields] == [(b"a", 0o100644, 5, 1_700_000_000, 0, 1000, 0, b"alice", None),
                                        (b"b", 0o100600, 9, 1_700_000_001, 0, 1000, 0, None, None)]
+
+
+def test_c_lstat_agrees_with_python(clib, tmp_path):
+    import rsync_receiver
+    (tmp_path / "file").write_bytes(b"x" * 100)
+    os.utime(tmp_path / "file", ns=(5, 1_700_000_000_123_456_789))
+    os.symlink("/etc/passwd", tmp_path / "out-link")
+    os.symlink("nowhere", tmp_path / "dangling")
+    (tmp_path / "sub").mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    leaves = [b"file", b"out-link", b"dangling", b"sub", b"fifo", b"missing", b"file"]
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        c = rsync_flist.CLstat()(fd, leaves)
+        py = rsync_receiver.StatPrefetch._lstat(fd, leaves)
+    finally:
+        os.close(fd)
+    assert [err for err, _ in c] == [err for err, _ in py] == [0, 0, 0, 0, 0, 2, 0]
+    assert [st for err, st in c if not err] == [st for err, st in py if not err]
+    st = os.lstat(tmp_path / "out-link")
+    assert c[1][1] == (st.st_mode, st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid)
+    assert c[0][1][1:3] == (100, 1_700_000_000_123_456_789)
+
+
+@pytest.mark.parametrize("use_c", [True, False])
+def test_stat_prefetch(clib, tmp_path, use_c):
+    """What the generator learns of the destination ahead: each listed
+    regular file's state, None where it or its directory is missing."""
+    import rsync_receiver
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "f1").write_bytes(b"1")
+    (tmp_path / "a" / "f2").write_bytes(b"22")
+    (tmp_path / "notdir").write_bytes(b"")
+    (tmp_path / "top").write_bytes(b"333")
+    names = [b"top", b"a", b"a/f1", b"a/gone", b"a/f2", b"nodir/f", b"nodir/g", b"notdir/f"] + \
+        [b"a/many%d" % i for i in range(5000)]
+    entries = [rsync_flist.FileEntry(n, (stat.S_IFDIR if n == b"a" else stat.S_IFREG) | 0o644) for n in names]
+    pre = rsync_receiver.StatPrefetch(os.open(tmp_path, os.O_RDONLY))
+    if not use_c:
+        pre.lstat = pre._lstat
+    assert isinstance(pre.lstat, rsync_flist.CLstat) == use_c
+    try:
+        pre(entries[:3])
+        pre(entries)
+        for name in (b"top", b"a/f1", b"a/f2"):
+            st = os.lstat(tmp_path / name.decode())
+            assert pre.stats[name] == (st.st_mode, st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid)
+        assert b"a" not in pre.stats
+        assert all(pre.stats[n] is None for n in names[5:] + [b"a/gone"])
+        assert len(pre.stats) == len(names) - 1
+    finally:
+        pre.close()

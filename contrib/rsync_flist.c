@@ -26,10 +26,18 @@
  * (regular files, directories and symlinks without hard links; Python
  * sends the others) with the same SAME_* compression against the same
  * state, byte for byte what rsync_flist.FlistEncoder.send writes.
+ *
+ * fl_lstat() is the receiving generator's look at the destination for a
+ * run of listed files in one directory: an lstat of each, relative to the
+ * directory's descriptor (names are single components, so nothing outside
+ * it is looked at).
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #if defined(_WIN32)
 #define FL_API __declspec(dllexport)
@@ -38,7 +46,7 @@
 #endif
 
 /* Bumped whenever a signature or one of the structs below changes. */
-#define FL_ABI_VERSION 2
+#define FL_ABI_VERSION 3
 
 #define FL_MAX_PATH 4096
 #define FL_MAX_WIRE_NSEC 999999999
@@ -100,6 +108,20 @@ struct fl_entry {
 	uint32_t sum_off, sum_len;	/* sum_len 0: csum_len zero bytes */
 };
 
+#if defined(__APPLE__)
+#define FL_MTIM(st) ((st).st_mtimespec)
+#else
+#define FL_MTIM(st) ((st).st_mtim)
+#endif
+
+/* What the quick check needs of a destination file, or err (an errno). */
+struct fl_stat {
+	int64_t size;
+	int64_t mtime_ns;
+	uint32_t mode, uid, gid;
+	int32_t err;
+};
+
 FL_API int fl_abi_version(void)
 {
 	return FL_ABI_VERSION;
@@ -113,6 +135,11 @@ FL_API size_t fl_record_size(void)
 FL_API size_t fl_entry_size(void)
 {
 	return sizeof(struct fl_entry);
+}
+
+FL_API size_t fl_stat_size(void)
+{
+	return sizeof(struct fl_stat);
 }
 
 FL_API size_t fl_state_size(void)
@@ -510,4 +537,27 @@ FL_API int32_t fl_encode(const struct fl_params *pa, struct fl_state *st,
 	}
 	*out_len = o - out;
 	return i;
+}
+
+/* lstat (fstatat without following a symlink) of each of n names, each
+ * ended by a NUL, in the directory dirfd. */
+FL_API void fl_lstat(int dirfd, const char *names, int32_t n, struct fl_stat *out)
+{
+	struct stat st;
+	int32_t i;
+
+	for (i = 0; i < n; i++, out++) {
+		if (fstatat(dirfd, names, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+			memset(out, 0, sizeof(*out));
+			out->err = errno;
+		} else {
+			out->size = st.st_size;
+			out->mtime_ns = (int64_t)FL_MTIM(st).tv_sec * 1000000000 + FL_MTIM(st).tv_nsec;
+			out->mode = st.st_mode;
+			out->uid = st.st_uid;
+			out->gid = st.st_gid;
+			out->err = 0;
+		}
+		names += strlen(names) + 1;
+	}
 }
