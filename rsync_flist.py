@@ -630,9 +630,9 @@ class _CEncoder:
             name = e.name
             link = (e.link or b"") if fmt == stat.S_IFLNK else b""
             csum = e.sum if sums and fmt == stat.S_IFREG and e.sum else b""
-            if csum and len(csum) != csum_len:
-                break
             n, ln = len(name), len(link)
+            if (csum and len(csum) != csum_len) or n >= MAX_PATH or ln >= MAX_PATH:
+                break
             pack(records, count * _CENTRY.size, e.size, e.mtime, mode, e.nsec, e.uid, e.gid, e.flags,
                  off, n, off + n, ln, off + n + ln, len(csum))
             parts += (name, link, csum)

@@ -447,7 +447,8 @@ FL_API int32_t fl_encode(const struct fl_params *pa, struct fl_state *st,
 		const unsigned char *name = strings + e->name_off;
 		uint32_t xflags = 0, fmt = e->mode & S_FMT, l1 = 0, l2, limit;
 
-		if (out_cap - (o - out) < 3 * FL_MAX_PATH + 64 + pa->csum_len)
+		if (out_cap - (o - out) < 3 * FL_MAX_PATH + 64 + pa->csum_len
+		    || e->name_len >= FL_MAX_PATH || e->link_len >= FL_MAX_PATH)
 			break;
 		if (fmt == S_DIR) {
 			if (e->flags & FLAG_CONTENT_DIR)
