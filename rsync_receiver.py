@@ -12,6 +12,7 @@ directory descriptors opened with O_NOFOLLOW.
 """
 
 import collections
+import ctypes
 import errno
 import functools
 import os
@@ -224,6 +225,68 @@ class DestTree:
                 c[0], c[1] = None, -1
 
 
+_WR_FAILURE = struct.Struct("<qii")
+_WR_OPEN, _WR_WRITE, _WR_ATTRS, _WR_RENAME = 1, 2, 3, 4
+
+
+def _c_writer():
+    """The C library with its writer thread's functions declared, or None."""
+    lib = rsync_delta._lib
+    try:
+        if lib is None or lib.wr_abi_version() != 1:
+            return None
+        lib.wr_failure_size.restype = ctypes.c_size_t
+        if lib.wr_failure_size() != _WR_FAILURE.size:
+            return None
+    except AttributeError:
+        return None
+    vp, i32, i64 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64
+    lib.wr_start.restype, lib.wr_start.argtypes = vp, [ctypes.c_uint]
+    lib.wr_submit.restype = ctypes.c_int
+    lib.wr_submit.argtypes = [vp, i64, ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, i64,
+                              i32, i32, i32, i32, i64, i64]
+    lib.wr_drain.restype, lib.wr_drain.argtypes = i32, [vp, vp, i32]
+    lib.wr_stop.restype, lib.wr_stop.argtypes = None, [vp]
+    return lib
+
+
+class Writer:
+    """The writer thread of contrib/rsync_writer.c: puts verified small
+    files in place (temp file, data, owner, mode, times, rename) beside
+    the Python that receives the next ones."""
+
+    BATCH = 256
+
+    def __init__(self, lib):
+        self.lib = lib
+        self.handle = lib.wr_start(random.getrandbits(32))
+        if not self.handle:
+            raise OSError(errno.ENOMEM, "cannot start the writer thread")
+        self.failures = ctypes.create_string_buffer(self.BATCH * _WR_FAILURE.size)
+
+    def submit(self, tag, dfd, tmp, leaf, data, uid, gid, mode, mtime):
+        """Queues a file (mtime as (seconds, nanoseconds) or None): 0, or
+        the errno that kept it from being queued."""
+        sec, nsec = mtime if mtime is not None else (0, 0)
+        return self.lib.wr_submit(self.handle, tag, dfd, tmp, leaf, data, len(data), uid, gid, mode,
+                                  mtime is not None, sec, nsec)
+
+    def drain(self):
+        """Waits for every queued file: [(tag, stage, errno)] of what failed."""
+        failed = []
+        while True:
+            n = self.lib.wr_drain(self.handle, self.failures, self.BATCH)
+            failed += _WR_FAILURE.iter_unpack(ctypes.string_at(self.failures, n * _WR_FAILURE.size))
+            if n < self.BATCH:
+                return failed
+
+    def stop(self):
+        """Lets the queued files be put in place and ends the thread."""
+        if self.handle:
+            self.lib.wr_stop(self.handle)
+            self.handle = None
+
+
 _QuickStat = collections.namedtuple("_QuickStat", "st_mode st_size st_mtime_ns st_uid st_gid")
 _new_quick = tuple.__new__  # (a _QuickStat without the Python-level __new__ call)
 
@@ -339,6 +402,7 @@ class Receiver:
         self.dir_fix = []
         self.made_dirs = set()  # directories this run created: nothing to lstat in them
         self.new_owners = {}
+        self.writer = None
         self.leaders = {}
         self.followers = []
         self.del_stats = [0, 0, 0, 0, 0]
@@ -946,6 +1010,17 @@ class Receiver:
             return False
         return True
 
+    def _wanted_owner(self, e):
+        """(uid, gid) e's file is to have; -1 for one left as it is."""
+        opts = self.opts
+        want_uid = self.uid_map.get(e.uid, e.uid) if opts.owner and self.am_root else -1
+        want_gid = -1
+        if opts.group:
+            want_gid = self.gid_map.get(e.gid, e.gid)
+            if not (self.am_root or self._may_chgrp(want_gid)):
+                want_gid = -1
+        return want_uid, want_gid
+
     def _set_attrs(self, e, name, st, fd=None, new_owner=None):
         """set_file_attrs: ownership, permissions, then times; on an open fd
         when there is one, else by name without following links. A file
@@ -961,12 +1036,7 @@ class Receiver:
             leaf = None
         is_link = e.mode & 0o170000 == stat.S_IFLNK
         try:
-            want_uid = self.uid_map.get(e.uid, e.uid) if opts.owner and self.am_root else -1
-            want_gid = -1
-            if opts.group:
-                want_gid = self.gid_map.get(e.gid, e.gid)
-                if not (self.am_root or self._may_chgrp(want_gid)):
-                    want_gid = -1
+            want_uid, want_gid = self._wanted_owner(e)
             if want_uid != -1 or want_gid != -1:
                 owner = (st.st_uid, st.st_gid) if st is not None else new_owner
                 if owner is None or (want_uid != -1 and owner[0] != want_uid) or \
@@ -1146,6 +1216,7 @@ class Receiver:
         gen.start()
         try:
             self._receive()
+            self._writes_done()
             if after_files:
                 after_files()
             self.to_gen.put(("done",))
@@ -1167,6 +1238,8 @@ class Receiver:
                 pass
             raise
         finally:
+            if self.writer is not None:
+                self.writer.stop()
             gen.join(timeout=10)
         if self.gen_error is not None:
             raise self.gen_error
@@ -1208,6 +1281,13 @@ class Receiver:
         opts = self.opts
         lean = self.tokens is None and not (opts.inplace or opts.sparse or self.progress)
         whole_messages = lean and p >= 30 and not opts.dry_run and isinstance(inp.src, Demux)
+        if whole_messages and opts.perms and self.writer is None:
+            lib = _c_writer()
+            if lib is not None:
+                try:
+                    self.writer = Writer(lib)
+                except OSError:
+                    pass
         while True:
             if whole_messages and self._take_whole_message(n, phase):
                 continue
@@ -1217,6 +1297,7 @@ class Receiver:
                 phase += 1
                 if phase > max_phase:
                     break
+                self._writes_done()
                 self.to_gen.put(("done",))
                 continue
             if ndx == NDX_DEL_STATS:
@@ -1418,6 +1499,18 @@ class Receiver:
             dfd, leaf = self.tree.locate(name)
         except OSError:
             return False
+        if self.writer is not None and len(pieces) <= 1:
+            with self.expect_cond:
+                if not self.expect or self.expect[0] != (ndx, iflags, _WHOLE):
+                    return False
+                self.expect.popleft()
+            demux.left -= pos + xlen - start
+            raw.pos = pos + xlen
+            inp.prev_positive = ndx
+            self._write_behind(e, iflags, name, dfd, leaf,
+                               raw.view[pieces[0][0]:pieces[0][0] + pieces[0][1]] if pieces else b"",
+                               buf[pos:pos + xlen], phase == 1)
+            return True
         opened = self._open_tmp(dfd, leaf)
         if opened is None:
             return False
@@ -1455,6 +1548,48 @@ class Receiver:
             raise
         self._place_tmp(e, iflags, name, dfd, leaf, tmp, fd, verified, redoing)
         return True
+
+    def _write_behind(self, e, iflags, name, dfd, leaf, data, digest, redoing):
+        """A file received whole, verified here and handed to the writer
+        thread (or, if it cannot take it, put in place here)."""
+        self._count_transfer(e, iflags, redoing)
+        self.stats.literal_data += len(data)
+        if digest != self.sess.checksums.file_digest(data):
+            self._failed_verification(e, name, redoing)
+            return
+        data = bytes(data)
+        uid, gid = self._wanted_owner(e)
+        mtime = (e.mtime, e.nsec if self.sess.protocol >= 31 else 0) if self.opts.times else None
+        if self.writer.submit(e.ndx, dfd, _tmpname(leaf), leaf, data, uid, gid, e.mode & 0o7777, mtime):
+            opened = self._open_tmp(dfd, leaf)
+            if opened is None:
+                self.warn('rsync: [receiver] mkstemp "%s" failed' % _show(name))
+                return
+            tmp, fd = opened
+            try:
+                _write_out(fd, data)
+            except BaseException:
+                self._drop_tmp(dfd, leaf, tmp, fd, redoing)
+                raise
+            self._place_tmp(e, iflags, name, dfd, leaf, tmp, fd, True, redoing)
+            return
+        self.out("xfer", e, iflags, None)
+
+    def _writes_done(self):
+        """Waits for the writer thread, and reports what it could not do."""
+        if self.writer is None:
+            return
+        for ndx, stage, err in self.writer.drain():
+            name = _show(self.target(self.entries[ndx]))
+            why = _errtext(OSError(err, os.strerror(err)))
+            if stage == _WR_ATTRS:
+                self.warn('rsync: [generator] failed to set attributes on "%s": %s' % (name, why))
+            elif stage == _WR_OPEN:
+                self.warn('rsync: [receiver] mkstemp "%s" failed: %s' % (name, why))
+            elif stage == _WR_WRITE:
+                self.warn('rsync: [receiver] write failed on "%s": %s' % (name, why))
+            else:
+                self.warn('rsync: [receiver] rename into "%s" failed: %s' % (name, why))
 
     def _receive_file(self, e, iflags, head, redoing):
         """receive_data + finish_transfer for one file."""

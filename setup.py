@@ -14,8 +14,9 @@ setup(
     python_requires=">=3.11",
     py_modules=["rsync", "rsync_flist", "rsync_sender", "rsync_receiver", "rsync_md4", "rsync_filter",
                 "rsync_delta", "rsync_compress", "rsync_conf", "rsync_jail", "rsync_sshd", "daemon", "client"],
-    ext_modules=[Extension("_rsync_delta", ["contrib/rsync_delta.c", "contrib/rsync_flist.c"], optional=True,
-                           extra_compile_args=["-O3"])],
+    ext_modules=[Extension("_rsync_delta",
+                           ["contrib/rsync_delta.c", "contrib/rsync_flist.c", "contrib/rsync_writer.c"],
+                           optional=True, extra_compile_args=["-O3"])],
     install_requires=["pycryptodome", "paramiko", "xxhash"],
     # zstd and lz4 are offered for -z only when these are installed.
     extras_require={"compress": ["zstandard", "lz4"]},

@@ -635,3 +635,38 @@ def test_many_small_files_over_a_socketpair(tmp_path, rsync_bin):
     env = {"RSYNC_CONNECT_PROG": "%s --daemon --config=%s" % (rsync_bin, conf)}
     ours("-a", "--timeout=60", "rsync://localhost/m/", str(dst) + "/", env=env)
     assert snapshot(str(dst)) == snapshot(str(src))
+
+
+def test_writer_thread_failure_is_reported(clib, tmp_path, stock_daemon_factory, rsync_bin, monkeypatch, capsys):
+    """A file the writer thread cannot put in place (here: a directory
+    appears at its name after the generator looked) is reported as a failed
+    rename, the rest arrives, and the exit code is 23."""
+    import client
+    import rsync_receiver
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(30):
+        (src / ("f%02d" % i)).write_bytes(b"%d" % i * 100)
+    daemon = stock_daemon_factory(rsync_bin, {"m": str(src)})
+    dst = tmp_path / "dst"
+    submitted = []
+    real = rsync_receiver.Writer.submit
+
+    def submit(self, tag, dfd, tmp, leaf, *rest):
+        submitted.append(leaf)
+        if leaf == b"f07":
+            os.mkdir(b"f07", dir_fd=dfd)
+            inner = os.open(b"f07", os.O_RDONLY, dir_fd=dfd)
+            os.mkdir(b"inside", dir_fd=inner)
+            os.close(inner)
+        return real(self, tag, dfd, tmp, leaf, *rest)
+    monkeypatch.setattr(rsync_receiver.Writer, "submit", submit)
+    code = client.main(["-a", daemon.url + "/m/", str(dst) + "/"])
+    err = capsys.readouterr().err
+    assert b"f07" in submitted and len(submitted) > 20
+    assert code == 23, err
+    assert 'rsync: [receiver] rename into "f07" failed: Is a directory (21)' in err
+    for i in range(30):
+        if i != 7:
+            assert (dst / ("f%02d" % i)).read_bytes() == b"%d" % i * 100
+    assert sorted(os.listdir(dst)) == sorted(["f%02d" % i for i in range(30)]), "a temp file was left behind"

@@ -1,6 +1,7 @@
 """Unit tests of the wire layer: encodings, the file list, ordering, and the
 decoder's refusal of malformed input. Everything is fed as bytes."""
 
+import errno
 import functools
 import os
 import random
@@ -652,3 +653,60 @@ def test_stat_prefetch(clib, tmp_path, use_c):
         assert len(pre.stats) == len(names) - 1
     finally:
         pre.close()
+
+
+# --- the receiver's writer thread ------------------------------------------------------
+
+def _writer(clib):
+    import rsync_receiver
+    lib = rsync_receiver._c_writer()
+    assert lib is not None
+    return rsync_receiver.Writer(lib)
+
+
+def test_writer_puts_files_in_place(clib, tmp_path):
+    w = _writer(clib)
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / ".f1.000000").write_bytes(b"someone else's")
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        big = os.urandom(3 << 20)
+        assert w.submit(1, fd, b".f1.000000", b"f1", b"one", -1, -1, 0o640, (1_700_000_000, 5)) == 0
+        assert w.submit(2, fd, b".f2.000000", b"f2", b"", -1, -1, 0o600, None) == 0
+        for i in range(20):  # more than the queue holds at once
+            assert w.submit(10 + i, fd, b".b.000000", b"big%d" % i, big, os.getuid(), os.getgid(), 0o644, (5, 0)) == 0
+    finally:
+        os.close(fd)  # the writer has its own descriptor
+    assert w.drain() == []
+    w.stop()
+    assert (d / "f1").read_bytes() == b"one"
+    st = os.stat(d / "f1")
+    assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (0o640, 1_700_000_000 * 10**9 + 5)
+    assert (d / "f2").read_bytes() == b"" and stat.S_IMODE(os.stat(d / "f2").st_mode) == 0o600
+    assert all((d / ("big%d" % i)).read_bytes() == big for i in range(20))
+    assert (d / ".f1.000000").read_bytes() == b"someone else's"
+    assert sorted(os.listdir(d)) == sorted([".f1.000000", "f1", "f2"] + ["big%d" % i for i in range(20)])
+
+
+def test_writer_reports_what_it_could_not_do(clib, tmp_path):
+    import rsync_receiver
+    w = _writer(clib)
+    (tmp_path / "taken" / "x").mkdir(parents=True)
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    fd = os.open(tmp_path, os.O_RDONLY)
+    gfd = os.open(gone, os.O_RDONLY)
+    os.rmdir(gone)
+    try:
+        assert w.submit(7, fd, b".taken.000000", b"taken", b"data", -1, -1, 0o644, None) == 0
+        assert w.submit(8, gfd, b".f.000000", b"f", b"data", -1, -1, 0o644, None) == 0
+        assert w.submit(9, fd, b".ok.000000", b"ok", b"data", -1, -1, 0o644, None) == 0
+        failed = w.drain()
+    finally:
+        os.close(fd)
+        os.close(gfd)
+        w.stop()
+    assert [(tag, stage) for tag, stage, _ in failed] == [(7, rsync_receiver._WR_RENAME), (8, rsync_receiver._WR_OPEN)]
+    assert failed[1][2] == errno.ENOENT
+    assert sorted(os.listdir(tmp_path)) == ["ok", "taken"], "a temp file was left behind"
