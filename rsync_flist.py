@@ -735,13 +735,13 @@ class FlistDecoder(_FlistState):
         self.entries = []
         self.io_error = 0
         self.ended = False
-        self.c_batch = _CDecoder(self) if _fl_decode is not None and protocol >= 30 else None
+        self.c_decoder = _CDecoder(self) if _fl_decode is not None and protocol >= 30 else None
 
     def recv_entries(self, check=None, between=None):
         """Every entry up to the end of the list; `check(entry)` sees each,
         and `between(entries)` is called each time the bytes at hand are
         used up, before waiting for more."""
-        inp, parse, batch = self.inp, self.parse, self.c_batch
+        inp, parse, batch = self.inp, self.parse, self.c_decoder
         while not self.ended:
             if between is not None:
                 between(self.entries)

@@ -490,7 +490,7 @@ def _decode(data, opts, protocol, varint_flags, use_c, chunk=1 << 16):
     dec = rsync_flist.FlistDecoder(inp, opts, protocol, varint_flags, 16)
     from_c = []
     if use_c:
-        assert dec.c_batch is not None
+        assert dec.c_decoder is not None
         real = rsync_flist._fl_decode
 
         def counting(*args):
@@ -499,7 +499,7 @@ def _decode(data, opts, protocol, varint_flags, use_c, chunk=1 << 16):
             return n
         rsync_flist._fl_decode = counting
     else:
-        dec.c_batch = None
+        dec.c_decoder = None
     try:
         dec.recv_entries()
         error = inp.int32()
@@ -587,6 +587,18 @@ def test_flist_c_decoder_agrees_on_damaged_lists(clib):
         damaged.append(bytes(b))
     for d in damaged:
         assert _decode(d, opts, 32, True, True)[:3] == _decode(d, opts, 32, True, False)[:3]
+
+
+def test_flist_c_decoder_refuses_huge_name_lengths(clib):
+    """A name length near 2**31 after a shared prefix is refused, not
+    added up past the int's range."""
+    opts = make_opts()
+    first = _encode([rsync_flist.FileEntry(b"a", 0o100644, 1, 1, 0, 0, 0)], opts, 32, True)[:-6]
+    bad = rsync.enc_varint(rsync.XMIT_SAME_NAME | rsync.XMIT_LONG_NAME) + b"\x01" + \
+        rsync.enc_varint(0x7FFFFFFF) + b"x" * 50
+    c = _decode(first + bad, opts, 32, True, True)
+    assert c[:3] == _decode(first + bad, opts, 32, True, False)[:3]
+    assert c[2][0] is rsync.ProtocolError and "overflow" in c[2][1] and len(c[0]) == 1
 
 
 def test_flist_c_decoder_leaves_inline_names_to_python(clib):

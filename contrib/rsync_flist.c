@@ -300,7 +300,7 @@ FL_API int32_t fl_decode(const unsigned char *data, int64_t len, int64_t *pos,
 		} else if (varint(data, len, &p, &l2) < 0) {
 			break;
 		}
-		if (l1 > st->lastname_len || l2 < 0 || l1 + l2 >= FL_MAX_PATH || l1 + l2 == 0
+		if (l1 > st->lastname_len || l2 < 0 || l2 >= FL_MAX_PATH - l1 || l1 + l2 == 0
 		    || p + l2 > len)
 			break;
 		memcpy(name, st->lastname, l1);
