@@ -50,7 +50,10 @@ _JUMP = object()
 
 
 def _byte_view(buf):
-    """A flat unsigned-byte memoryview of buf (bytes-like or mmap), no copy."""
+    """A flat unsigned-byte memoryview of buf (bytes-like or mmap), no copy;
+    a SafeMap's pread window as it is."""
+    if isinstance(buf, _ReadView):
+        return buf
     mv = memoryview(buf)
     if mv.format != "B" or mv.ndim != 1:
         mv = mv.cast("B")
@@ -273,7 +276,6 @@ def _match_py(table, buf, length, strong, inplace=False):
         yield from _literal_only(length)
         return
     view = _byte_view(buf)
-    signed = view.cast("b")
     count, bl, lastlen, s2length = table.count, table.blength, table.lastlen, table.s2length
     sum1s = table.sum1s.tolist()
     sum2s = table.sum2s
@@ -367,8 +369,8 @@ def _match_py(table, buf, length, strong, inplace=False):
         if offset < stop:
             # Full windows with a byte to roll in: one list slice per run.
             segment = min(2 * segment, _SEGMENT)
-            outgoing = signed[offset:stop].tolist()
-            incoming = signed[offset + bl:stop + bl].tolist()
+            outgoing = view[offset:stop].cast("b").tolist()
+            incoming = view[offset + bl:stop + bl].cast("b").tolist()
             for o, n in zip(outgoing, incoming):
                 if occupied[(s1 + s2) & 0xFFFF]:
                     sum1 = (s1 & 0xFFFF) | ((s2 & 0xFFFF) << 16)
@@ -382,9 +384,9 @@ def _match_py(table, buf, length, strong, inplace=False):
         else:
             found = search(offset, k, (s1 & 0xFFFF) | ((s2 & 0xFFFF) << 16))
             if not found:
-                o = signed[offset]
+                o = (view[offset] ^ 0x80) - 0x80
                 if offset + k < length:
-                    s1 += signed[offset + k] - o
+                    s1 += ((view[offset + k] ^ 0x80) - 0x80) - o
                     s2 += s1 - k * o
                 else:
                     s1 -= o
@@ -616,38 +618,95 @@ def _match_c(table, buf, length, strong, inplace=False):
 
 # --- mappings that survive their file shrinking ------------------------------------
 
-def _read_file(fd, size):
-    """The first size bytes of fd (from offset 0, zeros past its end), and
-    whether it ended before them."""
-    buf = bytearray(size)
-    with memoryview(buf) as view:
+class _ReadView:
+    """The first size bytes of fd, sliced like a flat memoryview but read
+    with pread a window at a time (zeros past the file's end), so memory
+    stays bounded whatever the file's size.
+
+    A slice inside the window is a view of it; any other read replaces the
+    window. Reads that move forward from the window double the next read
+    (up to MAX_READ) and keep up to KEEP bytes behind them, so a search
+    that sends literals from a little behind where it looks stays in one
+    window; a jump elsewhere reads MIN_READ. short turns True once a read
+    came up short.
+    """
+
+    MIN_READ = 1 << 16
+    MAX_READ = 8 << 20
+    KEEP = 1 << 20
+
+    def __init__(self, fd, size):
+        self.fd = fd
+        self.nbytes = size
+        self.short = False
+        self._start = 0
+        self._view = memoryview(b"")
+        self._ahead = self.MIN_READ
+
+    def __len__(self):
+        return self.nbytes
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            a, b, step = key.indices(self.nbytes)
+            if step != 1:
+                raise ValueError("only contiguous slices")
+            b = max(a, b)
+        else:
+            a = key + self.nbytes if key < 0 else key
+            if not 0 <= a < self.nbytes:
+                raise IndexError("index out of range")
+            b = a + 1
+        off = a - self._start
+        if off < 0 or b - self._start > len(self._view):
+            self._fill(a, b)
+            off = a - self._start
+        if isinstance(key, slice):
+            return self._view[off:off + b - a]
+        return self._view[off]
+
+    def _fill(self, a, b):
+        start, end = self._start, self._start + len(self._view)
+        if start <= a <= end and end:
+            self._ahead = min(2 * self._ahead, self.MAX_READ)
+            lo = max(start, a - self.KEEP)
+        else:
+            self._ahead = self.MIN_READ
+            lo = a
+        hi = min(self.nbytes, max(b, a + self._ahead))
+        buf = bytearray(hi - lo)
+        view = memoryview(buf)
         got = 0
-        while got < size:
-            n = os.preadv(fd, [view[got:]], got)
+        while lo + got < hi:
+            n = os.preadv(self.fd, [view[got:]], lo + got)
             if not n:
+                self.short = True
                 break
             got += n
-    return buf, got < size
+        self._start, self._view = lo, view
+
+    def release(self):
+        self._view = memoryview(b"")
 
 
 class SafeMap:
-    """A read-only mapping of `size` bytes of fd whose pages, if the file
-    shrinks underneath, read as zeros instead of raising SIGBUS.
+    """Read-only access to `size` bytes of fd whose reads, if the file
+    shrinks underneath, see zeros instead of raising SIGBUS.
 
     buf is what to read. With the C library it is an mmap whose range the
     library's SIGBUS handler knows: reading a page the file has lost maps a
     page of zeros there instead of killing the process. Otherwise (no
     library, its table of ranges full, another SIGBUS handler installed
-    over it, or the file already shorter than size) buf is a bytearray with
-    the file's first size bytes, read up front: that costs size bytes of
-    memory and reading the whole file before the first byte is used, and
-    later changes to the file go unseen. mapped says which it is.
+    over it, or the file already shorter than size) buf reads the file with
+    pread a window at a time (it slices like a memoryview, but is not a
+    buffer: match() then runs the Python search). mapped says which it is;
+    view() gives a flat byte view of either.
 
     truncated turns True once zeros may have stood in for lost data: a
     page was replaced, the file is found shorter than size (bytes cut from
-    the last page it keeps read as zeros without any fault), or the read
-    came up short. The caller then reports the file as changed while being
-    read. close() unmaps; it raises BufferError while views of buf are alive.
+    the last page it keeps read as zeros without any fault), or a read came
+    up short. The caller then reports the file as changed while being read.
+    close() unmaps; it raises BufferError while views of buf are alive.
     """
 
     def __init__(self, fd, size):
@@ -673,13 +732,20 @@ class SafeMap:
                     self.buf, self._slot, self.mapped = mm, slot, True
                     return
                 mm.close()
-        self.buf, self._truncated = _read_file(fd, size)
+        self.buf = _ReadView(fd, size)
+
+    def view(self):
+        """buf as flat bytes, sliced without copying; release() it before
+        close()."""
+        return memoryview(self.buf) if self.mapped else self.buf
 
     @property
     def truncated(self):
         if self.mapped and not self._truncated:
             self._truncated = bool(_lib.rd_safemap_truncated(self._slot)
                                    or self.buf.size() < self.size)
+        elif not self.mapped and self.buf is not None and self.buf.short:
+            self._truncated = True
         return self._truncated
 
     def close(self):
@@ -690,6 +756,9 @@ class SafeMap:
                 self._truncated = True
             self._slot = -1
             self.mapped = False
+        elif self.buf is not None:
+            self._truncated = self.buf.short
+            self.buf.release()
         self.buf = None
 
     def __enter__(self):
@@ -745,4 +814,6 @@ def match(table, buf, length, strong, inplace=False):
     """
     if length < 0 or length > _byte_view(buf).nbytes:
         raise ValueError(f"length {length} outside the buffer")
+    if isinstance(buf, _ReadView):
+        return _match_py(table, buf, length, strong, inplace)
     return _match(table, buf, length, strong, inplace)

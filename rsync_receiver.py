@@ -856,7 +856,7 @@ class Receiver:
             parts = []
             step = max(1, DROP_EVERY // blength) * blength
             with rsync_delta.SafeMap(fd, size) as safe:
-                mv = memoryview(safe.buf)
+                mv = safe.view()
                 window = None
                 try:
                     for start in range(0, size, step):
@@ -1633,7 +1633,7 @@ class Receiver:
                 failed = 'rsync: [receiver] mkstemp "%s" failed: %s' % (_show(name), _errtext(err))
             offset = 0
             copied = 0
-            bview = memoryview(basis_mm.buf) if basis_mm is not None else None
+            bview = basis_mm.view() if basis_mm is not None else None
             chunk = None
             sparse = opts.sparse and not opts.inplace
             batch = _WriteBatch(fd, inp.src) if failed is None and not opts.inplace and not sparse else None

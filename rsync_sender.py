@@ -622,7 +622,7 @@ class Sender:
         strong = sess.checksums.strong
         safe = rsync_delta.SafeMap(fd, size)
         mm = safe.buf
-        mv = memoryview(mm)
+        mv = safe.view()
         tokens = rsync_delta.match(table, mm, size, strong, updating_basis)
         try:
             hashed = 0

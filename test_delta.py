@@ -693,11 +693,11 @@ def test_safemap_reads_the_file(tmp_path, safemap_impl):
     try:
         with rsync_delta.SafeMap(fd, len(data)) as sm:
             assert sm.mapped == (safemap_impl == "c")
-            assert bytes(sm.buf) == data
+            assert bytes(sm.buf[:]) == data
             assert not sm.truncated
         assert sm.buf is None and not sm.truncated
         with rsync_delta.SafeMap(fd, 1000) as sm:
-            assert bytes(sm.buf) == data[:1000]
+            assert bytes(sm.buf[:]) == data[:1000]
         with rsync_delta.SafeMap(fd, 0) as sm:
             assert len(sm.buf) == 0 and not sm.truncated
         with pytest.raises(ValueError):
@@ -715,19 +715,104 @@ def test_safemap_survives_the_file_shrinking(tmp_path, safemap_impl):
         sm = rsync_delta.SafeMap(fd, len(data))
         cut = 100_000 + 123
         os.truncate(path, cut)
-        digest = hashlib.sha256(sm.buf).digest()
-        if safemap_impl == "c":
-            # Pages past the new end read as zeros, and say so.
-            assert digest == hashlib.sha256(_shrunk(data, cut)).digest()
-            assert sm.truncated
-        else:
-            # The file was read before it shrank.
-            assert digest == hashlib.sha256(data).digest()
-            assert not sm.truncated
+        view = sm.view()
+        digest = hashlib.sha256(view[:]).digest()
+        view.release()
+        # What is past the new end reads as zeros, and says so.
+        assert digest == hashlib.sha256(_shrunk(data, cut)).digest()
+        assert sm.truncated
         sm.close()
-        assert sm.truncated == (safemap_impl == "c")
+        assert sm.truncated
     finally:
         os.close(fd)
+
+
+def test_pread_window_reads_like_the_file(tmp_path, monkeypatch):
+    """Without a mapping, slices and indices at random give the file's bytes
+    while at most one bounded window of it is held."""
+    monkeypatch.setattr(rsync_delta, "_lib", None)
+    rng = random.Random(26)
+    data = rng.randbytes(3 << 20)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with rsync_delta.SafeMap(fd, len(data)) as sm:
+            buf = sm.buf
+            assert len(buf) == len(data) and buf.nbytes == len(data)
+            biggest = 0
+            pos = 0
+            for _ in range(2000):
+                if rng.random() < 0.7:
+                    pos = min(len(data), pos + rng.randrange(0, 100_000))
+                else:
+                    pos = rng.randrange(-len(data), len(data))
+                n = rng.randrange(0, 300_000)
+                assert bytes(buf[pos:pos + n]) == data[pos:pos + n]
+                if -len(data) <= pos < len(data):
+                    assert buf[pos] == data[pos]
+                biggest = max(biggest, len(buf._view))
+            assert biggest <= buf.KEEP + buf.MAX_READ + 300_000
+            assert bytes(buf[-5:]) == data[-5:] and bytes(buf[10:5]) == b""
+            with pytest.raises(IndexError):
+                buf[len(data)]
+            with pytest.raises(ValueError):
+                buf[::2]
+            assert not sm.truncated
+    finally:
+        os.close(fd)
+
+
+def test_pread_window_keeps_memory_flat_over_a_large_file(tmp_path, monkeypatch):
+    """A forward scan of a file many windows long reads it in windows of at
+    most KEEP + MAX_READ bytes: none as large as the file."""
+    monkeypatch.setattr(rsync_delta._ReadView, "MAX_READ", 1 << 16)
+    monkeypatch.setattr(rsync_delta._ReadView, "KEEP", 1 << 14)
+    monkeypatch.setattr(rsync_delta, "_lib", None)
+    data = random.Random(27).randbytes(2 << 20)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    reads = []
+    real_fill = rsync_delta._ReadView._fill
+
+    def fill(self, a, b):
+        real_fill(self, a, b)
+        reads.append(len(self._view))
+    monkeypatch.setattr(rsync_delta._ReadView, "_fill", fill)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with rsync_delta.SafeMap(fd, len(data)) as sm:
+            got = b"".join(bytes(sm.buf[i:i + 4096]) for i in range(0, len(data), 4096))
+    finally:
+        os.close(fd)
+    assert got == data
+    assert max(reads) <= (1 << 16) + (1 << 14)
+    assert sum(reads) < 1.5 * len(data)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_search_over_a_pread_window_gives_the_same_tokens(tmp_path, monkeypatch, inplace):
+    """match() over an unmapped SafeMap runs the Python search through the
+    window, and chooses what the search over the whole buffer does."""
+    monkeypatch.setattr(rsync_delta._ReadView, "MAX_READ", 1 << 15)
+    monkeypatch.setattr(rsync_delta._ReadView, "KEEP", 1 << 13)
+    rng = random.Random(28)
+    basis = rng.randbytes(600_000)
+    data = _edit(rng, basis, 40)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    table = make_table(basis, 700)
+    expected = list(rsync_delta._match_py(table, data, len(data), md5, inplace))
+    monkeypatch.setattr(rsync_delta, "_lib", None)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with rsync_delta.SafeMap(fd, len(data)) as sm:
+            assert not sm.mapped
+            got = list(rsync_delta.match(table, sm.buf, len(data), md5, inplace))
+    finally:
+        os.close(fd)
+    assert got == expected
+    check_coverage(got, table, len(data))
 
 
 def test_safemap_of_a_file_already_shorter(tmp_path, safemap_impl):
@@ -737,7 +822,7 @@ def test_safemap_of_a_file_already_shorter(tmp_path, safemap_impl):
     fd = os.open(path, os.O_RDONLY)
     try:
         with rsync_delta.SafeMap(fd, 80_000) as sm:
-            assert bytes(sm.buf) == data + bytes(30_000)
+            assert bytes(sm.buf[:]) == data + bytes(30_000)
             assert sm.truncated
     finally:
         os.close(fd)
@@ -840,7 +925,7 @@ def test_full_range_table_falls_back_to_reading(tmp_path, clib):
     try:
         maps = [rsync_delta.SafeMap(fd, len(data)) for _ in range(300)]
         assert any(sm.mapped for sm in maps) and not all(sm.mapped for sm in maps)
-        assert all(bytes(sm.buf) == data for sm in maps)
+        assert all(bytes(sm.buf[:]) == data for sm in maps)
         for sm in maps:
             sm.close()
         with rsync_delta.SafeMap(fd, len(data)) as sm:
