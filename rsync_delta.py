@@ -43,7 +43,6 @@ FLUSH = 256 * 1024
 """match() hands out pending literal data once it reaches this many bytes."""
 
 _SEGMENT = 1 << 16
-_PIECE = 1 << 14
 _ABI_VERSION = 4
 _END, _CANDIDATES, _FLUSH = 0, 1, 2
 _JUMP = object()
@@ -60,9 +59,27 @@ def _byte_view(buf):
     return mv
 
 
-_XOR80 = bytes(b ^ 0x80 for b in range(256))
 _LANE = (1 << 64) - 1
 _LANE2 = _LANE * _LANE
+_MOST = 1 << 20
+_PAIR_SUM = sum(1 << (16 * m) for m in range(4))
+_EVEN_WEIGHTS = sum((6 - 2 * m) << (16 * m) for m in range(4))
+_ODD_WEIGHTS = sum((7 - 2 * m) << (16 * m) for m in range(4))
+_masks = {}
+
+
+def _lane_masks(k):
+    """Masks over k bytes: 0x80 in each byte, the even bytes in 16-bit lanes,
+    the low 16 bits of each 64-bit lane."""
+    m = _masks.get(k)
+    if m is None:
+        n = k + 7 >> 3
+        m = (int.from_bytes(b"\x80" * k, "little"), int.from_bytes(b"\xff\x00" * 4 * n, "little"),
+             int.from_bytes((b"\xff\xff" + bytes(6)) * n, "little"))
+        if len(_masks) >= 16:
+            _masks.clear()
+        _masks[k] = m
+    return m
 
 
 def _weak_sums(data):
@@ -75,31 +92,45 @@ def _weak_sums(data):
     if k < 256:
         signed = memoryview(data).cast("b")
         return sum(signed), sum(accumulate(signed))
-    # Put t[j] = b[j] + 128 into 64-bit lane j of one integer X. Modulo
-    # (2**64 - 1)**2, 2**(64*h) is congruent to 1 + h * (2**64 - 1), so X is
-    # congruent to sum(t) + sum(j * t[j]) * (2**64 - 1): both sums at once,
-    # with X folded in half repeatedly to keep the final division small.
-    spread = bytearray(8 * k)
-    spread[::8] = bytes(data).translate(_XOR80)
-    x = int.from_bytes(spread, "little")
-    lanes = k
+    if k > _MOST:
+        s1 = s2 = 0
+        for pos in range(0, k, _MOST):
+            part = data[pos:pos + _MOST]
+            p1, p2 = _weak_sums(part)
+            s2 += len(part) * s1 + p2
+            s1 += p1
+        return s1, s2
+    # The bytes plus 128, u[j], in one integer, then in 16-bit lanes: the
+    # even ones and the odd ones. Multiplying those by constants adds the
+    # four lanes of each 64-bit lane into its top one, weighted or not
+    # (no lane exceeds 16 bits): per 8 bytes i, S[i] = sum(u[8i+l]) and
+    # W[i] = sum(l * u[8i+l]). With Z = 8S + W - (W shifted down a lane),
+    # taken as 64-bit lanes z[i], sum(z) = 8 sum(S) + W[0] and
+    # sum(i * z[i]) + W[0] = sum(j * u[j]); modulo (2**64 - 1)**2, 2**(64*h)
+    # is congruent to 1 + h * (2**64 - 1), so Z is congruent to sum(z) +
+    # sum(i * z[i]) * (2**64 - 1): both at once, Z folded in half
+    # repeatedly to keep the final division small.
+    flip, even, low = _lane_masks(k)
+    x = int.from_bytes(data, "little") ^ flip
+    e = x & even
+    o = (x >> 8) & even
+    lanes = (((e + o) * _PAIR_SUM) >> 48) & low
+    inner = ((e * _EVEN_WEIGHTS + o * _ODD_WEIGHTS) >> 48) & low
+    x = (lanes << 3) + inner - (inner >> 64)
+    lanes = k + 7 >> 3
     while lanes > 16:
         half = lanes >> 1
         x = (x & ((1 << (64 * half)) - 1)) + (x >> (64 * half)) * (1 + half * _LANE)
         lanes = max(half, lanes - half + 3)
     weighted, total = divmod(x % _LANE2, _LANE)
-    return total - 128 * k, k * total - weighted - 64 * k * (k + 1)
+    w0 = inner & 0xFFFF
+    total = (total - w0) >> 3
+    return total - 128 * k, k * total - weighted - w0 - 64 * k * (k + 1)
 
 
 def _checksum1_py(buf):
-    view = _byte_view(buf)
-    s1 = s2 = 0
-    for pos in range(0, len(view), _PIECE):
-        part = view[pos:pos + _PIECE]
-        p1, p2 = _weak_sums(part)
-        s2 = (s2 + len(part) * s1 + p2) & 0xFFFF
-        s1 = (s1 + p1) & 0xFFFF
-    return s1 | (s2 << 16)
+    s1, s2 = _weak_sums(_byte_view(buf))
+    return (s1 & 0xFFFF) | ((s2 & 0xFFFF) << 16)
 
 
 def _block_checksum1s_py(buf, blength):

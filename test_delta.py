@@ -175,13 +175,16 @@ def test_every_vector_width_of_the_c_weak_sums_agrees(clib):
         lib.rd_simd(-1)
 
 
-def test_pure_weak_sums_are_exact():
+def test_pure_weak_sums_are_exact(monkeypatch):
     rng = random.Random(15)
-    for n in (0, 1, 255, 256, 257, 1000, 16384, 16385, 131072):
-        for data in (rng.randbytes(n), b"\x80" * n, b"\x7f" * n):
-            signed = [b - 256 if b > 127 else b for b in data]
-            s2 = sum((n - j) * b for j, b in enumerate(signed))
-            assert rsync_delta._weak_sums(memoryview(data)) == (sum(signed), s2)
+    sizes = (0, 1, 255, 256, 257, 263, 1000, 16384, 16385, 65543, 131072)
+    for most in (rsync_delta._MOST, 1000):
+        monkeypatch.setattr(rsync_delta, "_MOST", most)
+        for n in sizes:
+            for data in (rng.randbytes(n), b"\x80" * n, b"\x7f" * n, b"\xff" * n, bytes(n)):
+                signed = [b - 256 if b > 127 else b for b in data]
+                s2 = sum((n - j) * b for j, b in enumerate(signed))
+                assert rsync_delta._weak_sums(memoryview(data)) == (sum(signed), s2), (most, n, data[:1])
 
 
 def test_block_checksum1s(impl):
