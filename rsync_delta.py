@@ -659,7 +659,8 @@ class _ReadView:
     (up to MAX_READ) and keep up to KEEP bytes behind them, so a search
     that sends literals from a little behind where it looks stays in one
     window; a jump elsewhere reads MIN_READ. short turns True once a read
-    came up short.
+    came up short or failed (what it missed reads as zeros, as a lost page
+    of a mapping does).
     """
 
     MIN_READ = 1 << 16
@@ -709,7 +710,10 @@ class _ReadView:
         view = memoryview(buf)
         got = 0
         while lo + got < hi:
-            n = os.preadv(self.fd, [view[got:]], lo + got)
+            try:
+                n = os.preadv(self.fd, [view[got:]], lo + got)
+            except OSError:
+                n = 0
             if not n:
                 self.short = True
                 break

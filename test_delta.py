@@ -6,6 +6,7 @@ place); the search must stay bounded on files made of equal blocks and against
 block sums forged by a hostile receiver, choosing the blocks stock rsync does.
 """
 import array
+import errno
 import hashlib
 import mmap
 import os
@@ -791,6 +792,33 @@ def test_pread_window_keeps_memory_flat_over_a_large_file(tmp_path, monkeypatch)
     assert got == data
     assert max(reads) <= (1 << 16) + (1 << 14)
     assert sum(reads) < 1.5 * len(data)
+
+
+def test_pread_window_read_error_reads_as_zeros(tmp_path, monkeypatch):
+    """A read that fails (EIO) mid-file: zeros stand in, and the map says
+    it was cut short, as when the file shrinks."""
+    monkeypatch.setattr(rsync_delta, "_lib", None)
+    monkeypatch.setattr(rsync_delta._ReadView, "MAX_READ", 1 << 16)
+    monkeypatch.setattr(rsync_delta._ReadView, "KEEP", 1 << 14)
+    data = random.Random(29).randbytes(1 << 20)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    real = os.preadv
+
+    def failing(fd, buffers, offset):
+        if offset >= 300_000:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(fd, buffers, offset)
+    monkeypatch.setattr(os, "preadv", failing)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with rsync_delta.SafeMap(fd, len(data)) as sm:
+            got = b"".join(bytes(sm.buf[i:i + 65536]) for i in range(0, len(data), 65536))
+            assert sm.truncated
+    finally:
+        os.close(fd)
+    cut = len(got.rstrip(b"\0"))
+    assert 300_000 <= cut < len(data) and got[:cut] == data[:cut]
 
 
 @pytest.mark.parametrize("inplace", [False, True])
