@@ -726,9 +726,8 @@ class Bench:
         for path in self.sets.values():
             warm(path)
         # B's rows run last: for minutes after writing its trees the
-        # machine runs slower (in one run, D's CPU times after B were 1.8x
-        # those of D alone, ours and stock's), which would land on the rows
-        # that follow it.
+        # machine runs slower (D's CPU times, ours and stock's, were about
+        # 1.8x those of D run first), which would land on the rows after it.
         order = [(pure, row) for pure, rows in plan for row in rows]
         order.sort(key=lambda item: item[1]["case"] == "B")
         for pure, row in order:
