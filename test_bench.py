@@ -52,5 +52,6 @@ def test_smoke(tmp_path, rsync_bin):
     for side in ("daemon", "client"):
         assert ("E", side, False) in seen or "E (%s side) skipped" % side in text
     assert (out / "results.json").exists()
+    assert "the Python interpreter's own start" in text
     # The destinations moved aside during the runs are gone at the end.
     assert not (out / "dst.freed").exists() and not (out / "dst").exists()

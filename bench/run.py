@@ -428,6 +428,21 @@ def run_transfer(client_argv, server_argv, env, tmp, timeout, port=None, server_
     }
 
 
+def interpreter_start(env, runs):
+    """Median wall and CPU seconds of `PY -c pass`: the floor under every
+    start-up of ours, whatever our code does."""
+    walls, cpus = [], []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        pid = os.spawnve(os.P_NOWAIT, PY, [PY, "-c", "pass"], env)
+        _, status, ru = os.wait4(pid, 0)
+        walls.append(time.perf_counter() - t0)
+        if os.waitstatus_to_exitcode(status):
+            raise BenchError("%s -c pass exited with %d" % (PY, os.waitstatus_to_exitcode(status)))
+        cpus.append(ru.ru_utime + ru.ru_stime)
+    return statistics.median(walls), statistics.median(cpus)
+
+
 def same_tree(src, dst):
     """Whether DST has every file of SRC with the same bytes."""
     for dirpath, _, files in os.walk(src):
@@ -594,6 +609,9 @@ class Bench:
                          "%.2f s CPU of our %s, vs %.2f s and %.3f s with stock rsync (medians of %d)." % (
                              side, "rsync" if side == "daemon" else "client.py", med["ours"]["wall"],
                              med["ours"][k], side, med["stock"]["wall"], med["stock"][k], self.args.runs))
+        lines.append("Of those, the Python interpreter's own start (`%s -c pass`, with this machine's site "
+                     "packages) takes %.2f s wall and %.2f s CPU (median of %d)." % (
+                         os.path.basename(PY), *interpreter_start(self.env, self.args.runs), self.args.runs))
         return lines
 
     # Rows.
