@@ -64,8 +64,8 @@ LONG = {
     "dirs": ("dirs", "flag"), "executability": ("executability", "flag"),
     "omit-dir-times": ("omit_dir_times", "flag"), "omit-link-times": ("omit_link_times", "flag"),
     "size-only": ("size_only", "flag"), "existing": ("existing", "flag"),
-    "ignore-existing": ("ignore_existing", "flag"), "max-size": ("max_size", "value"),
-    "min-size": ("min_size", "value"), "modify-window": ("modify_window", "int"),
+    "ignore-existing": ("ignore_existing", "flag"), "max-size": ("max_size", "size"),
+    "min-size": ("min_size", "size"), "modify-window": ("modify_window", "int"),
     "block-size": ("block_size", "size"), "cvs-exclude": ("cvs_exclude", "flag"),
     "F": ("filter", "F"), "list-only": ("list_only", "flag"), "bwlimit": ("bwlimit", "value"),
     "no-whole-file": ("whole_file", "const", False), "ipv4": ("family", "const", socket.AF_INET),
@@ -180,7 +180,7 @@ def parse_args(argv):
             except ValueError:
                 raise Usage("--%s: invalid numeric value '%s'" % (name, value)) from None
         elif kind == "size":
-            setattr(o, attr, rsync.parse_size(value))
+            setattr(o, attr, rsync.parse_size(value, name=name))
         elif kind == "rule":
             o.filter_rules.append(("rule", spec[2], value))
         elif kind == "F":
@@ -241,7 +241,7 @@ def parse_args(argv):
     if o.delete_excluded or o.delete_mode:
         o.delete = True
     if o.bwlimit:
-        o.bwlimit = rsync.parse_size(str(o.bwlimit), "K")
+        o.bwlimit = rsync.parse_size(str(o.bwlimit), "K", "bwlimit", 512, unlimited_0=True)
     if o.compress_choice or o.compress_level is not None:
         o.compress = o.compress or (1 if (o.compress_choice or "").lower() != "none" else 0)
     if o.compress > 1 and not o.compress_choice:
@@ -648,9 +648,9 @@ def server_args(opts, sender_side=True):
         if opts.max_delete is not None:
             args.append("--max-delete=%d" % opts.max_delete if opts.max_delete > 0 else "--max-delete=-1")
         if opts.min_size is not None:
-            args.append("--min-size=" + opts.min_size)
+            args.append("--min-size=%d" % opts.min_size)
         if opts.max_size is not None:
-            args.append("--max-size=" + opts.max_size)
+            args.append("--max-size=%d" % opts.max_size)
         mode = opts.delete_mode
         if mode == "before":
             args.append("--delete-before")

@@ -13,6 +13,7 @@ up in rsync's own sources.
 """
 
 import array
+import re
 import mmap
 import grp
 import hashlib
@@ -1334,7 +1335,7 @@ SERVER_LONG = {
     "delete-after": ("delete_mode", "after"), "delete-excluded": ("delete_excluded", "flag"),
     "force": ("force", "flag"), "max-delete": ("max_delete", "int"),
     "existing": ("existing", "flag"), "ignore-existing": ("ignore_existing", "flag"),
-    "min-size": ("min_size", "str"), "max-size": ("max_size", "str"),
+    "min-size": ("min_size", "size"), "max-size": ("max_size", "size"),
     "stats": ("stats", "flag"), "partial": ("partial", "flag"),
     "super": ("super", "flag"), "block-size": ("block_size", "int"),
     "protocol": ("protocol", "int"),
@@ -1373,7 +1374,7 @@ def parse_server_args(argv, opts=None):
                 opts.refused.append("--" + name)
                 continue
             attr, kind = SERVER_LONG[name]
-            if kind in ("int", "str", "bwlimit") and not eq:
+            if kind in ("int", "str", "bwlimit", "size") and not eq:
                 if i >= len(argv):
                     raise RsyncError("option --%s requires an argument" % name, RERR_SYNTAX)
                 value = argv[i]
@@ -1390,7 +1391,9 @@ def parse_server_args(argv, opts=None):
                 except ValueError:
                     raise RsyncError("invalid number for --%s: %s" % (name, value), RERR_SYNTAX) from None
             elif kind == "bwlimit":
-                opts.bwlimit = parse_size(value, "K")
+                opts.bwlimit = parse_size(value, "K", name, 512, unlimited_0=True)
+            elif kind == "size":
+                setattr(opts, attr, parse_size(value, name=name))
             elif kind == "str":
                 setattr(opts, attr, value)
             else:
@@ -1433,26 +1436,30 @@ def parse_server_args(argv, opts=None):
     return opts, paths
 
 
-def parse_size(text, default_suffix=""):
-    """rsync's size arguments: 10, 10k, 1.5M, 2G (K = 1024; KB = 1000)."""
-    t = text.strip()
-    mult = 1
-    units = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
-    num = t.rstrip("bBkKmMgGtTpPiI+-1")
-    suffix = t[len(num):] if num else ""
-    if not num:
-        num, suffix = t, ""
-    s = suffix.lower().rstrip("+-1") if suffix else default_suffix.lower()
-    if s:
-        base = 1000 if s.endswith("b") and len(s) == 2 else 1024
-        letter = s[0]
-        if letter not in units:
-            raise RsyncError("invalid size: %s" % text, RERR_SYNTAX)
-        mult = base ** "bkmgtp".index(letter)
-    try:
-        return int(float(num) * mult)
-    except ValueError:
-        raise RsyncError("invalid size: %s" % text, RERR_SYNTAX) from None
+_SIZE_ARG = re.compile(r"(\d*(?:\.\d*)?)([bkmgtp]?)(b|ib)?([+-]1)?", re.IGNORECASE)
+
+
+def parse_size(text, default_suffix="b", name="size", min_value=0, unlimited_0=False):
+    """parse_size_arg of rsync's options: a number (fraction allowed), an
+    optional unit b/k/m/g/t/p (DEFAULT_SUFFIX when none) of 1024s, or of
+    1000s when followed by "b" ("ib" spells 1024s), and an optional "+1" or
+    "-1" adjusting the result by one byte; no digits count as 0. Raises
+    RsyncError (code 1) with rsync's wording when TEXT is none of that."""
+    m = _SIZE_ARG.fullmatch(text)
+    if m is None or (m.group(3) and not m.group(2)) or (m.group(4) and m.start(4) == 0):
+        raise RsyncError("--%s=%s is invalid" % (name, text), RERR_SYNTAX)
+    num, unit, base, adjust = m.groups()
+    reps = "bkmgtp".index((unit or default_suffix).lower())
+    mult = 1000 if base and base.lower() == "b" else 1024
+    size = int(float(num) * mult ** reps) if num.strip(".") else 0
+    if adjust:
+        size += 1 if adjust[0] == "+" else -1
+    if size < 0:
+        raise RsyncError("--%s=%s is too large" % (name, text), RERR_SYNTAX)
+    if size < min_value and not (unlimited_0 and size == 0):
+        raise RsyncError("--%s=%s is too small (min: %d%s)" % (
+            name, text, min_value, " or 0 for unlimited" if unlimited_0 else ""), RERR_SYNTAX)
+    return size
 
 
 # ----------------------------------------------------------------------------

@@ -68,7 +68,6 @@ from rsync import (
     _show,
     gid_by_name,
     open_dir_beneath,
-    parse_size,
     split_path,
     uid_by_name,
     write_all_vectored,
@@ -751,9 +750,9 @@ class Receiver:
             return
         if opts.ignore_existing and st is not None:
             return
-        if opts.max_size is not None and e.size > parse_size(opts.max_size):
+        if opts.max_size is not None and e.size > opts.max_size:
             return
-        if opts.min_size is not None and e.size < parse_size(opts.min_size):
+        if opts.min_size is not None and e.size < opts.min_size:
             return
         if st is not None and opts.update and int(st.st_mtime) > e.mtime and not full_sums:
             return

@@ -670,3 +670,32 @@ def test_writer_thread_failure_is_reported(clib, tmp_path, stock_daemon_factory,
         if i != 7:
             assert (dst / ("f%02d" % i)).read_bytes() == b"%d" % i * 100
     assert sorted(os.listdir(dst)) == sorted(["f%02d" % i for i in range(30)]), "a temp file was left behind"
+
+
+def test_size_limits_parse_as_stock(tmp_path, stock_daemon_factory, rsync_bin):
+    """--max-size and --min-size take rsync's size syntax (units of 1024 or,
+    with a trailing b, 1000; a +1 or -1 adjustment); our client keeps and
+    skips the same files as the stock client, and refuses what it refuses."""
+    src = tmp_path / "src"
+    src.mkdir()
+    sizes = [0, 1, 999, 1000, 1023, 1024, 1025, 716800, 716801, 1048576, 1048577]
+    for n in sizes:
+        (src / ("s%d" % n)).write_bytes(b"x" * n)
+    daemon = stock_daemon_factory(rsync_bin, {"m": str(src)})
+    for arg in ("--max-size=716801", "--max-size=716800", "--max-size=1M", "--max-size=1M-1",
+                "--max-size=1Mb", "--max-size=1k", "--max-size=1kb+1", "--max-size=1KiB",
+                "--max-size=0.5k", "--min-size=1", "--min-size=1k+1", "--min-size=1023b",
+                "--max-size=1m --min-size=1000", "--min-size=k+1", "--max-size=."):
+        got = {}
+        for who, cmd in (("ours", client_cmd()), ("stock", [rsync_bin])):
+            dst = tmp_path / ("%s%d" % (who, len(os.listdir(tmp_path))))
+            run(cmd + ["-r"] + arg.split() + [daemon.url + "/m/", str(dst) + "/"])
+            got[who] = sorted(os.listdir(dst))
+        assert got["ours"] == got["stock"], (arg, got)
+        assert 0 < len(got["ours"]) < len(sizes), (arg, got)
+    for bad in ("--max-size=1Q", "--max-size=1ib", "--min-size=-1", "--max-size=+1", "--max-size=1.5.5"):
+        p = run(client_cmd() + ["-r", bad, daemon.url + "/m/", str(tmp_path / "bad") + "/"], check=False)
+        s = run([rsync_bin, "-r", bad, daemon.url + "/m/", str(tmp_path / "bad") + "/"], check=False)
+        assert p.returncode == s.returncode == 1, (bad, p.stderr, s.stderr)
+        assert "%s is invalid" % bad in p.stderr.decode(), p.stderr
+        assert not (tmp_path / "bad").exists()

@@ -363,6 +363,11 @@ def test_parse_server_args():
     o, _ = rsync.parse_server_args(["--server", "--sender", "-lAzK", "--files-from=-", "--frob", "."])
     assert o.refused == ["-A (--acls)", "-K (--keep-dirlinks)", "--files-from", "--frob"]
     assert o.compress
+    o, _ = rsync.parse_server_args("--server --max-size=716801 --min-size 1k-1 --bwlimit=2m . x".split())
+    assert (o.max_size, o.min_size, o.bwlimit) == (716801, 1023, 2 << 20)
+    with pytest.raises(rsync.RsyncError, match=r"--max-size=1Q is invalid") as e:
+        rsync.parse_server_args("--server --max-size=1Q . x".split())
+    assert e.value.code == rsync.RERR_SYNTAX
 
 
 def test_checksums_follow_rsync_seed_rules():
