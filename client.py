@@ -85,7 +85,7 @@ NEGATABLE = {"recursive", "links", "perms", "times", "owner", "group", "devices"
              "inplace", "progress", "human-readable", "verbose", "dirs", "omit-dir-times",
              "omit-link-times", "executability", "D", "motd", "relative", "implied-dirs",
              "delete", "cvs-exclude", "update", "sparse", "force", "W", "r", "l", "p", "t", "o",
-             "g", "v", "x", "i", "itemize-changes"}
+             "g", "v", "x", "i", "h", "itemize-changes"}
 
 # Options rsync has that this client does not implement: refused by name.
 UNSUPPORTED = {"relative", "partial-dir", "copy-links", "copy-dirlinks", "keep-dirlinks", "prune-empty-dirs",
@@ -431,6 +431,9 @@ class Output:
             if opts.verbose:
                 self.info(extra)
             return
+        if kind == "list":
+            self.info(self.list_line(e))
+            return
         if kind == "delete":
             if opts.verbose or opts.itemize:
                 name = escape_name(extra, opts.eight_bit)
@@ -447,6 +450,17 @@ class Output:
                 self.progress_done(e)
             else:
                 self.info(self.name_line(e, iflags, extra, receiver))
+
+    def list_line(self, e):
+        """list_file_entry: mode, size, mtime and name, as `ls -l` would."""
+        opts = self.opts
+        line = "%s %*s %s %s" % (stat.filemode(e.mode), 14 if opts.human_readable else 11,
+                                 human_num(e.size, opts.human_readable),
+                                 time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(e.mtime)),
+                                 escape_name(e.name, opts.eight_bit))
+        if opts.links and e.is_link():
+            line += " -> " + escape_name(e.link or b"", opts.eight_bit)
+        return line
 
     def deleted(self, payload):
         """MSG_DELETED from a receiving server: a name, NUL-ended for a directory."""
@@ -678,6 +692,8 @@ def server_args(opts, sender_side=True):
             args.append("--partial")
         if opts.modify_window:
             args.append("--modify-window=%d" % opts.modify_window)
+    if getattr(opts, "send_list_only", False):
+        args.append("--list-only")
     return args
 
 
@@ -913,7 +929,8 @@ class Pull:
         if self.filters is None and self._requested_names() is True:
             check = None  # every name may come: nothing to check per entry
         prefetch = None
-        if opts.times and not (opts.checksum or opts.ignore_times or opts.hard_links or opts.dry_run):
+        if opts.times and not (opts.checksum or opts.ignore_times or opts.hard_links or opts.dry_run
+                               or opts.list_only):
             try:
                 prefetch = rsync_receiver.StatPrefetch(os.open(os.fsencode(self.dest) or b".", rsync.O_DIR))
             except OSError:
@@ -939,13 +956,19 @@ class Pull:
                 out.info("created directory %s" % os.fsdecode(path))
         cwd = os.open(".", rsync.O_DIR)
         try:
-            destfd, local_name = rsync_receiver.open_destination(cwd, self.dest, entries, False, created)
+            if opts.list_only:
+                # The generator lists each entry and asks for none: the
+                # destination, if one was named, is left untouched.
+                destfd, local_name, cwd = cwd, None, None
+            else:
+                destfd, local_name = rsync_receiver.open_destination(cwd, self.dest, entries, False, created)
         except BaseException:
             if prefetch is not None:
                 prefetch.close()
             raise
         finally:
-            os.close(cwd)
+            if cwd is not None:
+                os.close(cwd)
         prefetched = None
         if prefetch is not None:
             if local_name is None and prefetch.matches(destfd):
@@ -1330,11 +1353,17 @@ def main(argv=None):
 
 def run(opts, args, out):
     srcs = [parse_source(a) for a in args]
-    if len(srcs) == 1:
-        src = srcs[0]
-        if src.kind == "daemon" and not src.module:
-            return list_modules(opts, src, out)
-        raise Usage("a destination is needed (listing a remote directory is not supported yet)")
+    if len(srcs) == 1 and srcs[0].kind == "daemon" and not srcs[0].module:
+        return list_modules(opts, srcs[0], out)
+    if len(srcs) == 1 or opts.list_only:
+        # Without a destination, or with --list-only, the sources are listed
+        # and nothing is written; only an explicit --list-only is sent on.
+        opts.send_list_only = bool(opts.list_only)
+        opts.list_only = True
+        if not opts.recurse and "dirs" not in opts.explicit:
+            opts.dirs = True
+        if len(srcs) == 1:
+            srcs.append(Source("local", None, None, None, None))
     *sources, dest = srcs
     remote_src = [s for s in sources if s.kind != "local"]
     if remote_src and dest.kind != "local":
@@ -1348,6 +1377,8 @@ def run(opts, args, out):
                 raise Usage("all sources must come from the same host and module")
         return transfer(opts, out, first, sources, dest.path, pushing=False)
     if dest.kind == "local":
+        if opts.list_only:
+            return list_local(opts, out, sources)
         return local_copy(opts, out, sources, dest.path)
     return transfer(opts, out, dest, sources, None, pushing=True)
 
@@ -1428,6 +1459,42 @@ def local_copy(opts, out, sources, dest):
         conn.close()
         th.join(30)
     return max(code, result.get("code", 0))
+
+
+def list_local(opts, out, sources):
+    """--list-only of local sources: the file list a sender would send,
+    printed in its sorted order; nothing is written."""
+    def warn(tag, text):
+        if tag != rsync.MSG_INFO:
+            out.error(text)
+        elif opts.verbose:
+            out.info(text)
+    import rsync_sender
+    if opts.verbose and not opts.quiet:
+        out.write("building file list ... ")
+        out.needs_newline = True
+    cwd = os.open(".", rsync.O_DIR)
+    builder = rsync_sender.FileListBuilder(opts, rsync.PROTOCOL_VERSION, cwd, False, build_filters(opts, None),
+                                           warn, None)
+    try:
+        for s in sources:
+            builder.add_arg(s.path)
+        entries = builder.finish()
+    finally:
+        builder.close()
+        os.close(cwd)
+    if opts.verbose and not opts.quiet:
+        out.needs_newline = False
+        out.write("done\n")
+    rsync_flist.sort_file_list(entries, rsync.PROTOCOL_VERSION)
+    for e in entries:
+        out.event(None, "list", e, 0, None)
+    if opts.verbose:
+        # Nothing went over a connection.
+        total = sum(e.size for e in entries if e.is_reg() or e.is_link())
+        out.info("\nsent 0 bytes  received 0 bytes  0.00 bytes/sec")
+        out.info("total size is %s  speedup is 0.00" % human_num(total, opts.human_readable))
+    return rsync.RERR_PARTIAL if builder.io_error else 0
 
 
 def list_modules(opts, src, out):

@@ -600,6 +600,64 @@ class Receiver:
         sess, opts = self.sess, self.opts
         p = sess.protocol
         out = sess.out
+        if opts.list_only:
+            for e in self.entries:
+                self.out("list", e, 0, None)
+        else:
+            self._generate_entries()
+        self._mark(NDX_DONE)
+        out.ndx(NDX_DONE)
+        out.flush()
+        dones = 0
+        while dones < 1:
+            msg = self._next_msg()
+            if msg[0] == "redo":
+                e = self.entries[msg[1]]
+                self._recv_generator(e, full_sums=True)
+                out.flush()
+            elif msg[0] == "done":
+                dones += 1
+        self._mark(NDX_DONE)
+        out.ndx(NDX_DONE)
+        out.flush()
+        while dones < 2:
+            if self._next_msg()[0] == "done":
+                dones += 1
+        self._finish_hardlinks()
+        if p >= 29:
+            self._mark(NDX_DONE)
+            out.ndx(NDX_DONE)
+        early_delete = opts.delete_mode not in ("after", "delay")
+        if p >= 31 and early_delete:
+            self._end_deletions()
+        out.flush()
+        if p >= 29:
+            while dones < 3:
+                if self._next_msg()[0] == "done":
+                    dones += 1
+        if opts.delete and not early_delete and not opts.list_only:
+            for e in self.entries:
+                if e.is_dir() and e.flags & FLAG_CONTENT_DIR:
+                    self._delete_in_dir(e)
+        if p >= 31 and not early_delete:
+            self._end_deletions()
+            out.flush()
+        if p >= 31:
+            while dones < 4:
+                if self._next_msg()[0] == "done":
+                    dones += 1
+        self._touch_up_dirs()
+        if self.skipped_deletes:
+            self.out("warning", None, 0, "Deletions stopped due to --max-delete limit (%d skipped)"
+                     % self.skipped_deletes)
+            self.io_error |= IOERR_DEL_LIMIT
+        out.ndx(NDX_DONE)
+        out.flush()
+
+    def _generate_entries(self):
+        """generate_files' first pass: deletions before or during, and
+        recv_generator for each entry."""
+        opts, p = self.opts, self.sess.protocol
         self._unchanged = self._unchanged_test()
         if opts.delete and opts.delete_mode in (None, "before") and p < 30 or opts.delete_mode == "before":
             for e in self.entries:
@@ -639,54 +697,6 @@ class Receiver:
                 self._recv_generator(e, full_sums=False)
             except OSError as err:
                 self.warn('rsync: [generator] %s "%s": %s' % ("recv_generator", _show(e.name), _errtext(err)))
-        self._mark(NDX_DONE)
-        out.ndx(NDX_DONE)
-        out.flush()
-        dones = 0
-        while dones < 1:
-            msg = self._next_msg()
-            if msg[0] == "redo":
-                e = self.entries[msg[1]]
-                self._recv_generator(e, full_sums=True)
-                out.flush()
-            elif msg[0] == "done":
-                dones += 1
-        self._mark(NDX_DONE)
-        out.ndx(NDX_DONE)
-        out.flush()
-        while dones < 2:
-            if self._next_msg()[0] == "done":
-                dones += 1
-        self._finish_hardlinks()
-        if p >= 29:
-            self._mark(NDX_DONE)
-            out.ndx(NDX_DONE)
-        early_delete = opts.delete_mode not in ("after", "delay")
-        if p >= 31 and early_delete:
-            self._end_deletions()
-        out.flush()
-        if p >= 29:
-            while dones < 3:
-                if self._next_msg()[0] == "done":
-                    dones += 1
-        if opts.delete and not early_delete:
-            for e in self.entries:
-                if e.is_dir() and e.flags & FLAG_CONTENT_DIR:
-                    self._delete_in_dir(e)
-        if p >= 31 and not early_delete:
-            self._end_deletions()
-            out.flush()
-        if p >= 31:
-            while dones < 4:
-                if self._next_msg()[0] == "done":
-                    dones += 1
-        self._touch_up_dirs()
-        if self.skipped_deletes:
-            self.out("warning", None, 0, "Deletions stopped due to --max-delete limit (%d skipped)"
-                     % self.skipped_deletes)
-            self.io_error |= IOERR_DEL_LIMIT
-        out.ndx(NDX_DONE)
-        out.flush()
 
     def _next_msg(self):
         msg = self.to_gen.get()

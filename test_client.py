@@ -699,3 +699,50 @@ def test_size_limits_parse_as_stock(tmp_path, stock_daemon_factory, rsync_bin):
         assert p.returncode == s.returncode == 1, (bad, p.stderr, s.stderr)
         assert "%s is invalid" % bad in p.stderr.decode(), p.stderr
         assert not (tmp_path / "bad").exists()
+
+
+def _listing_tree(root):
+    os.makedirs(os.path.join(root, "sub", "deep"))
+    with open(os.path.join(root, "a"), "w") as f:
+        f.write("hello\n")
+    os.utime(os.path.join(root, "a"), (1577934245, 1577934245))
+    os.symlink("a", os.path.join(root, "lnk"))
+    os.mkfifo(os.path.join(root, "fifo"))
+    with open(os.path.join(root.encode(), b"odd\xffname"), "wb") as f:
+        f.write(b"zz")
+    with open(os.path.join(root, "sub", "b"), "w") as f:
+        f.write("x" * 5000)
+    os.chmod(os.path.join(root, "sub", "b"), 0o4755)
+
+
+LISTINGS = [(), ("-a",), ("-r",), ("--no-h",), ("-h", "-r"), ("-av",), ("-d",), ("--list-only", "-a")]
+
+
+@pytest.mark.parametrize("where", ["daemon", "ssh", "local"])
+def test_listing_matches_stock(where, tmp_path, stock_daemon_factory, rsync_bin, sshd):
+    """A source without a destination, or --list-only with one, lists the
+    files as stock rsync does, from a daemon, over ssh and locally, and
+    writes nothing."""
+    src = str(tmp_path / "src")
+    _listing_tree(src)
+    if where == "daemon":
+        base = stock_daemon_factory(rsync_bin, {"m": src}).url + "/m"
+        rsh = []
+    elif where == "ssh":
+        base, rsh = "root@127.0.0.1:" + src, ["-e", sshd.rsh, "--rsync-path=" + rsync_bin]
+    else:
+        base, rsh = src, []
+    dst = tmp_path / "dst"
+    for flags in LISTINGS:
+        for path in ("/", "/sub", "/a"):
+            extra = [str(dst) + "/"] if "--list-only" in flags else []
+            args = list(flags) + rsh + [base + path] + extra
+            mine = run(client_cmd() + args, check=False)
+            theirs = run([rsync_bin] + args, check=False)
+            # Without incremental recursion ours says "receiving file list ... done".
+            header = re.compile(r"^(receiving|sending|building) (incremental )?file list( \.\.\. done)?$", re.M)
+            assert (mine.returncode, mask(header.sub("FILE LIST", mine.stdout.decode("latin-1")))) == \
+                (theirs.returncode, mask(header.sub("FILE LIST", theirs.stdout.decode("latin-1")))), \
+                (args, mine.stderr, theirs.stderr)
+            assert b"lnk" in mine.stdout or path != "/", args
+            assert not dst.exists()
