@@ -416,6 +416,8 @@ def serve_connection(transport, cfg, peer, log):
                 writable = True
         say("@RSYNCD: OK\n")
         argv = _read_args(raw, protocol)
+        if rsync.protect_args_requested(argv):
+            argv = rsync.with_protected_args(argv, raw)
         argv = _module_args(argv, module.name)
         transport.deadline = None
         refusal = None

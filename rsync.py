@@ -1215,6 +1215,7 @@ class Options:
     def __init__(self):
         self.server = False
         self.sender = False
+        self.protect_args = False
         self.daemon = False
         self.verbose = 0
         self.quiet = False
@@ -1304,12 +1305,12 @@ SERVER_LETTERS = {
     "C": ("cvs_exclude", True), "I": ("ignore_times", True), "R": ("relative", True),
     "x": ("one_file_system", None), "S": ("sparse", True), "u": ("update", True),
     "O": ("omit_dir_times", True), "J": ("omit_link_times", True), "m": ("prune_empty_dirs", True),
-    "z": ("compress", True),
+    "z": ("compress", True), "s": ("protect_args", True),
 }
 
 # Letters that stock rsync may send but that this server does not implement.
 UNSUPPORTED_LETTERS = {
-    "A": "--acls", "X": "--xattrs", "U": "--atimes", "N": "--crtimes", "s": "--protect-args",
+    "A": "--acls", "X": "--xattrs", "U": "--atimes", "N": "--crtimes",
     "b": "--backup", "y": "--fuzzy", "L": "--copy-links", "k": "--copy-dirlinks",
     "K": "--keep-dirlinks", "R": "--relative", "m": "--prune-empty-dirs",
 }
@@ -1348,6 +1349,46 @@ SERVER_LONG = {
 
 def refusal_message(refused):
     return "%s: option not supported by this server" % ", ".join(refused)
+
+
+def protect_args_requested(argv):
+    """Whether the option words before the "." hold protect_args (-s): the
+    client then sends the rest of its arguments on the connection."""
+    for a in argv:
+        if a == "." or a == "--" or not a.startswith("-"):
+            return False
+        if a.startswith("--"):
+            continue
+        for ch in a[1:]:
+            if ch == "s":
+                return True
+            if ch in "eB":  # the rest of the word is this option's value
+                break
+    return False
+
+
+def with_protected_args(argv, raw):
+    """The argv to serve when protect_args_requested(argv): the option words
+    that came before (up to the first other word: below protocol 30 the
+    client writes its whole list there too, with "(null)" where the
+    protected part starts) followed by the protected words."""
+    n = 0
+    while n < len(argv) and argv[n].startswith("-") and argv[n] != "--":
+        n += 1
+    return list(argv[:n]) + read_protected_args(raw)
+
+
+def read_protected_args(raw, limit=1024):
+    """send_protected_args: NUL-ended words up to an empty one, the first a
+    stand-in argv[0] that is dropped. An empty argument comes as "."."""
+    words = []
+    while True:
+        w = raw.read_line(MAX_PATH + 64, eol=b"\0")
+        if not w:
+            return [os.fsdecode(a) for a in words[1:]]
+        if len(words) >= limit:
+            raise ProtocolError("too many protected arguments", RERR_PROTOCOL)
+        words.append(w)
 
 
 def parse_server_args(argv, opts=None):
@@ -1912,6 +1953,9 @@ def run_server(transport, argv, root, *, confined, remote_protocol=None, log=Non
     `remote_protocol` the version came in the daemon greeting, otherwise the
     4-byte exchange of a remote shell starts the session."""
     log = log or (lambda msg: None)
+    if remote_protocol is None and protect_args_requested(argv):
+        raw = raw or RawIn(transport)
+        argv = with_protected_args(argv, raw)
     opts, paths = parse_server_args(argv)
     opts.daemon_numeric_ids = numeric_ids
     opts.ignore_errors = opts.ignore_errors or ignore_errors

@@ -398,3 +398,29 @@ def test_max_delete_safe_links_sparse_bwlimit(stock_writable, writable, src_tree
     ours("--bwlimit=200", str(big), writable.url + "/w/bw")
     assert time.monotonic() - t >= 1.5
     assert (writable.mod / "bw").read_bytes() == big.read_bytes()
+
+
+@pytest.mark.parametrize("protocol", [29, 32])
+def test_protect_args_both_ways(writable, tmp_path, rsync_bin, sshd, protocol):
+    """-s (--protect-args): the client sends its paths and long options on
+    the connection after the handshake; names with spaces and glob
+    characters arrive as they are, to and from our daemon and over ssh."""
+    from conftest import daemon_cmd
+    src = tmp_path / "src"
+    (src / "dir sp").mkdir(parents=True)
+    (src / "dir sp" / "f [g]*").write_bytes(b"one")
+    (src / "dir sp" / "skip.tmp").write_bytes(b"two")
+    flags = ["-a", "-s", "--protocol=%d" % protocol, "--exclude=*.tmp"]
+    run([rsync_bin, *flags, str(src) + "/", writable.url + "/w/"])
+    assert sorted(os.listdir(writable.mod / "dir sp")) == ["f [g]*"]
+    assert (writable.mod / "dir sp" / "f [g]*").read_bytes() == b"one"
+    got = tmp_path / "got"
+    run([rsync_bin, *flags, writable.url + "/w/dir sp/", str(got) + "/"])
+    assert os.listdir(got) == ["f [g]*"]
+    over = tmp_path / "over ssh"
+    run([rsync_bin, *flags, "-e", sshd.rsh, "--rsync-path=" + " ".join(daemon_cmd()),
+         "root@127.0.0.1:%s/dir sp/" % src, str(over) + "/"])
+    assert os.listdir(over) == ["f [g]*"]
+    run([rsync_bin, *flags, "-e", sshd.rsh, "--rsync-path=" + " ".join(daemon_cmd()),
+         str(src / "dir sp") + "/", "root@127.0.0.1:%s/" % (tmp_path / "pushed here")])
+    assert os.listdir(tmp_path / "pushed here") == ["f [g]*"]
