@@ -1030,11 +1030,13 @@ class Receiver:
                 want_gid = -1
         return want_uid, want_gid
 
-    def _set_attrs(self, e, name, st, fd=None, new_owner=None):
+    def _set_attrs(self, e, name, st, fd=None, new_owner=None, replaced=_NOT_YET):
         """set_file_attrs: ownership, permissions, then times; on an open fd
         when there is one, else by name without following links. A file
         just created (st None) may come with the (uid, gid) it was created
-        with, so that a chown that would change nothing is left out."""
+        with, so that a chown that would change nothing is left out.
+        `replaced`: the lstat of the file that a received one (on `fd`)
+        replaces, None if there was none; by default the one at `name`."""
         opts = self.opts
         if opts.dry_run:
             return
@@ -1059,15 +1061,23 @@ class Receiver:
             if not is_link and (opts.perms or st is None or opts.executability):
                 mode = e.mode & 0o7777
                 if not opts.perms:
-                    base = (st.st_mode & 0o7777) if st is not None else (0o666 & ~_umask())
-                    if e.is_dir():
-                        base = (st.st_mode & 0o7777) if st is not None else (0o777 & ~_umask())
-                    mode = base
-                    if opts.executability and e.is_reg():
-                        if e.mode & 0o111:
-                            mode |= (mode & 0o444) >> 2
-                        else:
-                            mode &= ~0o111
+                    # dest_mode: a new file gets the sender's permission
+                    # bits under our umask, an existing one keeps its own
+                    # (-E gives or takes its execute bits as the sender's).
+                    # A file received into a temp file (st None) replaces
+                    # the regular file there, if any, which counts as existing.
+                    old = st
+                    if st is None and fd is not None and e.is_reg():
+                        old = self.tree.lstat(name) if replaced is self._NOT_YET else replaced
+                    if old is None or (st is None and not stat.S_ISREG(old.st_mode)):
+                        mode = e.mode & 0o777 & ~_umask()
+                    else:
+                        mode = old.st_mode & 0o7777
+                        if opts.executability and e.is_reg():
+                            if not e.mode & 0o111:
+                                mode &= ~0o111
+                            elif not mode & 0o111:
+                                mode |= (mode & 0o444) >> 2
                 if st is None or (st.st_mode & 0o7777) != mode:
                     if fd is not None:
                         os.fchmod(fd, mode)
@@ -1615,6 +1625,7 @@ class Receiver:
         ok = False
         dfd = -1
         failed = None
+        replaced = self._NOT_YET
         try:
             try:
                 dfd = self.tree.dir(parent)
@@ -1627,6 +1638,8 @@ class Receiver:
                     except OSError:
                         basis_mm = None
                 if opts.inplace:
+                    if not opts.perms:
+                        replaced = self.tree.lstat(name)
                     fd = os.open(leaf, os.O_WRONLY | os.O_CREAT | O_NOFOLLOW, 0o600, dir_fd=dfd)
                 else:
                     for _ in range(100):
@@ -1745,7 +1758,8 @@ class Receiver:
                 self._failed_verification(e, name, redoing)
                 return
             self._set_attrs(e, name, None, fd=fd,
-                            new_owner=None if opts.inplace else self._new_owner(name.rpartition(b"/")[0], fd))
+                            new_owner=None if opts.inplace else self._new_owner(name.rpartition(b"/")[0], fd),
+                            replaced=replaced)
             if not opts.inplace:
                 os.rename(tmp, leaf, src_dir_fd=dfd, dst_dir_fd=dfd)
                 tmp = None

@@ -424,3 +424,55 @@ def test_protect_args_both_ways(writable, tmp_path, rsync_bin, sshd, protocol):
     run([rsync_bin, *flags, "-e", sshd.rsh, "--rsync-path=" + " ".join(daemon_cmd()),
          str(src / "dir sp") + "/", "root@127.0.0.1:%s/" % (tmp_path / "pushed here")])
     assert os.listdir(tmp_path / "pushed here") == ["f [g]*"]
+
+
+def _modes(root):
+    out = {}
+    for d, dirs, files in os.walk(root):
+        for n in dirs + files:
+            p = os.path.join(d, n)
+            out[os.path.relpath(p, root)] = stat.S_IMODE(os.lstat(p).st_mode)
+    return out
+
+
+def _mode_tree(root, old=False):
+    """The source (old=False) or a destination holding older copies of two
+    of its files with other modes."""
+    os.makedirs(root, exist_ok=True)
+    if old:
+        for name, mode in (("exe", 0o744), ("priv", 0o640), ("plain", 0o600)):
+            p = os.path.join(root, name)
+            with open(p, "w") as f:
+                f.write("old " + name)
+            os.chmod(p, mode)
+            os.utime(p, (1e9, 1e9))
+        return
+    os.makedirs(os.path.join(root, "d"))
+    for name, mode in (("exe", 0o755), ("priv", 0o600), ("plain", 0o775), ("d/g", 0o2775), ("new", 0o640)):
+        p = os.path.join(root, name)
+        with open(p, "w") as f:
+            f.write("new " + name)
+        os.chmod(p, mode)
+    os.chmod(os.path.join(root, "d"), 0o700)
+
+
+@pytest.mark.parametrize("flags", [("-rlt",), ("-rltE",), ("-a", "--no-p"), ("-rlt", "--inplace", "-I")])
+def test_modes_without_perms_as_stock(writable, stock_writable, stock_daemon_factory, rsync_bin, tmp_path, flags):
+    """Without -p a new file gets the sender's permission bits under the
+    receiver's umask and an existing file keeps its own (-E sets or clears
+    its execute bits): our daemon and our client receive as stock does."""
+    src = str(tmp_path / "src")
+    _mode_tree(src)
+    for mod in (writable.mod, stock_writable.mod):
+        _mode_tree(str(mod), old=True)
+        run([rsync_bin, *flags, src + "/", "%s/w/" % (writable.url if mod == writable.mod else stock_writable.url)])
+    mine, theirs = _modes(writable.mod), _modes(stock_writable.mod)
+    assert mine == theirs
+    assert theirs["priv"] == 0o640 and theirs["new"] == 0o640 and theirs["d"] == 0o700
+    daemon = stock_daemon_factory(rsync_bin, {"m": src})
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    _mode_tree(a, old=True)
+    _mode_tree(b, old=True)
+    ours(*flags, daemon.url + "/m/", a + "/")
+    run([rsync_bin, *flags, daemon.url + "/m/", b + "/"])
+    assert _modes(a) == _modes(b)
