@@ -734,6 +734,14 @@ class Receiver:
                 st = self.tree.lstat(name)
             if st is not None and self._unchanged is not None and self._unchanged(e, st):
                 return
+        if opts.existing and st is None and e.name != b".":
+            # Nothing new of any kind; what is below a directory not made
+            # is missing too, and skipped in its turn.
+            if opts.verbose > 1:
+                self.out("skip", e, 0, 'not creating new %s "%s"' % (
+                    "directory" if e.is_dir() else "file", _show(name)))
+            self._skipped_leader(e)
+            return
         if e.is_dir():
             return self._gen_dir(e, name, st)
         if e.ndx in self.leaders:
@@ -756,7 +764,7 @@ class Receiver:
             if not self._make_way(name, st):
                 return
             st = None
-        if opts.existing and st is None:
+        if opts.existing and st is None:  # a non-file made way for it
             return
         if opts.ignore_existing and st is not None:
             return
@@ -1108,6 +1116,20 @@ class Receiver:
             if st is None or not stat.S_ISDIR(st.st_mode):
                 continue
             self._set_attrs(e, name, st)
+
+    def _skipped_leader(self, e):
+        """handle_skipped_hlink: when the member of a hard-link group that was
+        to be transferred is skipped, the latest member waiting for it is
+        generated in its place, and the others wait for that one."""
+        waiting = [f for f in self.followers if self.leaders[f.ndx] is e]
+        if not waiting:
+            return
+        new = waiting[-1]
+        self.followers = [f for f in self.followers if f is not new]
+        del self.leaders[new.ndx]
+        for f in waiting[:-1]:
+            self.leaders[f.ndx] = new
+        self._recv_generator(new, full_sums=False)
 
     def _finish_hardlinks(self):
         """Links each follower to its group's transferred member (the last in

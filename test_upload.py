@@ -476,3 +476,48 @@ def test_modes_without_perms_as_stock(writable, stock_writable, stock_daemon_fac
     ours(*flags, daemon.url + "/m/", a + "/")
     run([rsync_bin, *flags, daemon.url + "/m/", b + "/"])
     assert _modes(a) == _modes(b)
+
+
+@pytest.mark.parametrize("flags", [("-a",), ("-aH", "--delete"), ("-rlptD", "--no-W", "-I")])
+def test_existing_creates_nothing_new(writable, stock_writable, stock_daemon_factory, rsync_bin, tmp_path, flags):
+    """--existing updates what the receiver has and creates no file,
+    directory, link or special file: our daemon and our client end with the
+    trees stock rsync leaves."""
+    src = tmp_path / "src"
+    (src / "a" / "deep").mkdir(parents=True)
+    (src / "newdir" / "sub").mkdir(parents=True)
+    for rel in ("one", "a/two", "a/deep/three", "newdir/sub/four", "fresh"):
+        (src / rel).write_text("new " + rel)
+    os.symlink("one", src / "link")
+    os.symlink("../one", src / "newdir" / "link")
+    os.mkfifo(src / "fifo")
+    os.link(src / "one", src / "a" / "hard")
+
+    def old(root):
+        (root / "a").mkdir(parents=True, exist_ok=True)
+        (root / "one").write_text("old")
+        (root / "a" / "two").write_text("old two")
+        (root / "extra").write_text("extra")
+        for p in ("one", "a/two", "extra", "a", "."):
+            os.utime(root / p, (1e9, 1e9))
+    def shot(root):
+        # A directory's mtime is when a file in it was last replaced, on
+        # both sides: not compared.
+        return {k: {f: v for f, v in d.items() if not (f == "mtime" and d.get("type", stat.S_IFDIR) ==
+                                                          stat.S_IFDIR)} if isinstance(d, dict) else d
+                for k, d in snapshot(str(root)).items()}
+    flags = list(flags) + ["--existing"]
+    for d in (writable, stock_writable):
+        old(d.mod)
+        run([rsync_bin, *flags, str(src) + "/", d.url + "/w/"])
+    sa, sb = shot(writable.mod), shot(stock_writable.mod)
+    assert sa == sb, diff_snapshots(sa, sb)
+    assert sorted(os.listdir(writable.mod)) == sorted(["a", "one"] + (["extra"] if "--delete" not in flags else []))
+    daemon = stock_daemon_factory(rsync_bin, {"m": str(src)})
+    a, b = tmp_path / "a", tmp_path / "b"
+    old(a)
+    old(b)
+    ours(*flags, daemon.url + "/m/", str(a) + "/")
+    run([rsync_bin, *flags, daemon.url + "/m/", str(b) + "/"])
+    sa, sb = shot(a), shot(b)
+    assert sa == sb, diff_snapshots(sa, sb)
