@@ -999,7 +999,7 @@ try:
 except ImportError:  # pragma: no cover - xxhash is a declared dependency
     xxhash = None
 
-CHECKSUM_DIGEST_LEN = {"xxh128": 16, "xxh3": 8, "xxh64": 8, "md5": 16, "md4": 16, "sha1": 20}
+CHECKSUM_DIGEST_LEN = {"xxh128": 16, "xxh3": 8, "xxh64": 8, "md5": 16, "md4": 16, "sha1": 20, "none": 1}
 CHECKSUM_ALIASES = {"xxhash": "xxh64"}
 
 
@@ -1009,7 +1009,21 @@ def available_checksums():
     names += ["md5"]
     names.append("md4")
     names.append("sha1")
+    names.append("none")
     return names
+
+
+class _NoSum:
+    """CSUM_NONE: every sum is one zero byte (and the transfer is whole-file)."""
+
+    def update(self, data):
+        pass
+
+    def digest(self):
+        return b"\0"
+
+    def copy(self):
+        return self
 
 
 class _Reversed:
@@ -1033,6 +1047,8 @@ def new_hash(name, seed=0):
         return _md4().md4()
     if name == "sha1":
         return hashlib.sha1()
+    if name == "none":
+        return _NoSum()
     s = seed & 0xFFFFFFFFFFFFFFFF
     if name == "xxh64":
         return _Reversed(xxhash.xxh64(seed=s))
@@ -1115,6 +1131,8 @@ class Checksums:
 
     def file_checksum(self, fd, size):
         """The `-c` checksum of an open file: unseeded file checksum."""
+        if self.file_name == "none":
+            raise RsyncError("Invalid checksum-choice for --checksum: none", RERR_UNSUPPORTED)
         h = new_hash(self.file_name)
         buf = bytearray(1 << 20)
         mv = memoryview(buf)
@@ -1681,6 +1699,8 @@ class Session:
             seed = self.inp.int32()
         self.checksum_seed = seed
         self.checksums = Checksums(xfer, filesum, seed, md5_seed_first, p, legacy_md4)
+        if xfer == "none":
+            opts.whole_file = True
 
     def start_mux_out(self):
         self.out.flush()

@@ -234,3 +234,19 @@ def test_pull_64mib_timing_report(daemons, tmp_path, rsync_bin, src_tree, capsys
     with capsys.disabled():
         print("\n64 MiB pull: ours %.2fs/%.2fs, stock %.2fs/%.2fs" % (
             times["ours"], times["ours2"], times["stock"], times["stock2"]))
+
+
+def test_checksum_choice_none(daemons, tmp_path, rsync_bin, src_tree):
+    """--checksum-choice=none: whole files with one-byte zero sums, from our
+    daemon to the stock client and from a stock daemon to our client; with
+    -c both sides refuse it as stock does (code 4)."""
+    from conftest import client_cmd
+    ours, stock = daemons
+    for client, daemon in (([rsync_bin], ours), (client_cmd(), stock)):
+        dst = str(tmp_path / ("d%d" % len(os.listdir(tmp_path))))
+        out = stats(run(client + ["-aH", "--no-W", "--stats", "--checksum-choice=none",
+                                  daemon.url + "/m/", dst + "/"]).stdout)
+        assert out["matched"] == 0 and out["files"] > 0
+        assert snapshot(dst) == snapshot(src_tree)
+        p = run(client + ["-ac", "--checksum-choice=none", daemon.url + "/m/", dst + "/"], check=False)
+        assert p.returncode == 4 and b"Invalid checksum-choice for --checksum: none" in p.stderr, p.stderr
