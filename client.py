@@ -1329,7 +1329,12 @@ def main(argv=None):
         if opts.protocol and not (rsync.MIN_PROTOCOL_VERSION <= opts.protocol <= rsync.PROTOCOL_VERSION):
             raise Usage("--protocol must be between %d and %d" % (rsync.MIN_PROTOCOL_VERSION,
                                                                  rsync.PROTOCOL_VERSION))
-        return run(opts, args, out)
+        code = run(opts, args, out)
+        if code:
+            # log_exit: every failing run ends with the line scripts look for.
+            sys.stderr.write("rsync error: %s (code %d) at %s [client=%s]\n" % (
+                rsync.RERR_NAMES.get(code, "unexplained error"), code, PROG, rsync.VERSION))
+        return code
     except Usage as e:
         sys.stderr.write("%s: %s\n" % (PROG, e))
         sys.stderr.write("rsync error: syntax or usage error (code 1) at %s [client=%s]\n" % (PROG, rsync.VERSION))

@@ -65,6 +65,10 @@ RERR_VANISHED = 24
 RERR_DEL_LIMIT = 25
 RERR_TIMEOUT = 30
 RERR_CONTIMEOUT = 35
+RERR_CMD_FAILED = 124
+RERR_CMD_KILLED = 125
+RERR_CMD_RUN = 126
+RERR_CMD_NOTFOUND = 127
 
 RERR_NAMES = {
     RERR_SYNTAX: "syntax or usage error",
@@ -84,6 +88,10 @@ RERR_NAMES = {
     RERR_DEL_LIMIT: "the --max-delete limit stopped deletions",
     RERR_TIMEOUT: "timeout in data send/receive",
     RERR_CONTIMEOUT: "timeout waiting for daemon connection",
+    RERR_CMD_FAILED: "remote shell failed",
+    RERR_CMD_KILLED: "remote shell killed",
+    RERR_CMD_RUN: "remote command could not be run",
+    RERR_CMD_NOTFOUND: "remote command not found",
 }
 
 # Multiplexed message tags (rsync.h enum msgcode).

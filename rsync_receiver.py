@@ -40,6 +40,7 @@ from rsync import (
     ITEM_REPORT_OWNER,
     ITEM_REPORT_PERMS,
     ITEM_REPORT_SIZE,
+    ITEM_REPORT_CHANGE,
     ITEM_REPORT_TIME,
     ITEM_TRANSFER,
     ITEM_XNAME_FOLLOWS,
@@ -534,7 +535,7 @@ class Receiver:
             if e.is_reg() and e.size != st.st_size:
                 iflags |= ITEM_REPORT_SIZE
             if keep_time:
-                if int(st.st_mtime) != e.mtime:
+                if not self._same_mtime(e, st):
                     iflags |= ITEM_REPORT_TIME
             elif iflags & (ITEM_TRANSFER | ITEM_LOCAL_CHANGE):
                 iflags |= ITEM_REPORT_TIME
@@ -779,7 +780,7 @@ class Receiver:
             self._set_attrs(e, name, st)
             self._report(e, iflags)
             return
-        iflags = self._itemize(e, st, ITEM_TRANSFER)
+        iflags = self._itemize(e, st, ITEM_TRANSFER | (ITEM_REPORT_CHANGE if opts.checksum else 0))
         if opts.dry_run:
             with self.expect_cond:
                 self.expect.append((e.ndx, iflags, None))
@@ -802,7 +803,7 @@ class Receiver:
         nothing to do or report. None when the options need the full path
         for every file."""
         opts = self.opts
-        if (opts.checksum or opts.ignore_times or opts.hard_links or not opts.times
+        if (opts.checksum or opts.ignore_times or opts.hard_links or not opts.times or opts.modify_window
                 or opts.verbose > 1 or opts.itemize > 1 or (opts.executability and not opts.perms)):
             return None
         nsec = self.sess.protocol >= 31
@@ -838,8 +839,13 @@ class Receiver:
             return True
         if opts.ignore_times:
             return False
-        if opts.modify_window:
-            return abs(int(st.st_mtime) - e.mtime) <= opts.modify_window
+        return self._same_mtime(e, st)
+
+    def _same_mtime(self, e, st):
+        """same_mtime: equal seconds, or within --modify-window of each other."""
+        window = self.opts.modify_window
+        if window > 0:
+            return abs(int(st.st_mtime) - e.mtime) <= window
         return int(st.st_mtime) == e.mtime
 
     def _local_checksum(self, name, st):
@@ -1096,7 +1102,10 @@ class Receiver:
             if opts.times and not (opts.omit_dir_times and e.is_dir()) and \
                     not (is_link and opts.omit_link_times):
                 ns = e.mtime * 1_000_000_000 + (e.nsec if self.sess.protocol >= 31 else 0)
-                if st is None or st.st_mtime_ns != ns:
+                # With -c times are set exactly (ATTRS_ACCURATE_TIME), else
+                # a time within --modify-window is left alone.
+                if st is None or (st.st_mtime_ns != ns if not opts.modify_window or opts.checksum
+                                  else not self._same_mtime(e, st)):
                     if fd is not None:
                         os.utime(fd, ns=(ns, ns))
                     elif leaf == b".":
@@ -1913,6 +1922,10 @@ def open_destination(basefd, dest, entries, confined, created=None):
             return os.stat(dest or b".", dir_fd=basefd)
         except FileNotFoundError:
             return None
+        except OSError as e:
+            shown = dest if confined or dest.startswith(b"/") else os.path.join(os.getcwd().encode(), dest)
+            raise RsyncError('ERROR: cannot stat destination "%s": %s' % (_show(shown), _errtext(e)),
+                             RERR_FILESELECT) from None
 
     def open_dir():
         if confined:

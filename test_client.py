@@ -746,3 +746,61 @@ def test_listing_matches_stock(where, tmp_path, stock_daemon_factory, rsync_bin,
                 (args, mine.stderr, theirs.stderr)
             assert b"lnk" in mine.stdout or path != "/", args
             assert not dst.exists()
+
+
+def _prep(dst, window_file=None):
+    """A destination holding an older copy: a changed file of the same size
+    and mtime (only -c notices) and a file one second off (--modify-window)."""
+    os.makedirs(dst)
+    for name, data, t in (("same-size", b"old!", 1e9), ("off-by-one", b"same", 1e9 + 1)):
+        with open(os.path.join(dst, name), "wb") as f:
+            f.write(data)
+        os.utime(os.path.join(dst, name), (t, t))
+
+
+@pytest.mark.parametrize("flags", [("-aic",), ("-ai", "--modify-window=1"), ("-ai",), ("-aic", "--modify-window=2")])
+def test_itemized_changes_match_stock(tmp_path, stock_daemon_factory, rsync_bin, flags):
+    """-c reports the checksum change (the c of >fc...) and --modify-window
+    leaves a file one second off alone, as the stock client does; the
+    resulting trees are the same."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, data in (("same-size", b"new!"), ("off-by-one", b"same")):
+        (src / name).write_bytes(data)
+        os.utime(src / name, (1e9, 1e9))
+    daemon = stock_daemon_factory(rsync_bin, {"m": str(src)})
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    _prep(a)
+    _prep(b)
+    mine = ours(*flags, daemon.url + "/m/", a + "/").stdout.decode()
+    theirs = run([rsync_bin, *flags, "--no-i-r", daemon.url + "/m/", b + "/"]).stdout.decode()
+    assert mine == theirs
+    # The top directory's mtime is when a file was last renamed into it.
+    sa, sb = snapshot(a), snapshot(b)
+    del sa["."], sb["."]
+    assert sa == sb, diff_snapshots(sa, sb)
+    if "-aic" in flags:
+        assert ">fc" in mine
+    if "--modify-window=1" in flags:
+        assert "off-by-one" not in mine
+
+
+def test_failures_end_with_an_rsync_error_line(tmp_path, stock_daemon_factory, rsync_bin):
+    """A failing run says why and ends with rsync's `rsync error: ... (code
+    N)` line, with stock's exit code; a destination that is a file is an
+    error (code 3), not a crash."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    (tmp_path / "afile").write_text("not a directory")
+    daemon = stock_daemon_factory(rsync_bin, {"m": str(src)})
+    for args in ([daemon.url + "/m/missing", str(tmp_path / "d1") + "/"],
+                 [daemon.url + "/nomodule/", str(tmp_path / "d2") + "/"],
+                 [daemon.url + "/m/", str(tmp_path / "afile") + "/"],
+                 [str(tmp_path / "missing") + "/", str(tmp_path / "d3") + "/"]):
+        mine = run(client_cmd() + ["-a"] + args, check=False)
+        theirs = run([rsync_bin, "-a"] + args, check=False)
+        assert mine.returncode == theirs.returncode != 0, (args, mine.stderr, theirs.stderr)
+        err = mine.stderr.decode()
+        assert re.search(r"^rsync error: .* \(code %d\)" % mine.returncode, err, re.M), err
+        assert "Traceback" not in err
