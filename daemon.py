@@ -434,7 +434,8 @@ def serve_connection(transport, cfg, peer, log):
                                 remote_protocol=protocol, log=log, raw=raw,
                                 io_timeout=module.timeout, am_daemon=True, writable=writable,
                                 daemon_filters=module.filters, refusal=refusal,
-                                numeric_ids=module.numeric_ids, ignore_errors=module.ignore_errors)
+                                numeric_ids=module.numeric_ids, ignore_errors=module.ignore_errors,
+                                module=module.name)
         log("finished %s from %s: exit code %d" % (module.name, host, code))
         return code
     except rsync.ConnectionClosed:

@@ -1974,7 +1974,7 @@ def make_filters(rules, protocol, opts):
 
 
 def run_server(transport, argv, root, *, confined, remote_protocol=None, log=None,
-               io_timeout=0, daemon_filters=None, am_daemon=False, root_shown="", raw=None,
+               io_timeout=0, daemon_filters=None, am_daemon=False, root_shown="", raw=None, module=None,
                writable=True, refusal=None, numeric_ids=False, ignore_errors=False):
     """Serves one `rsync --server ...` session on `transport` and returns the
     exit code. `root` is the directory paths are relative to; with
@@ -2020,7 +2020,7 @@ def run_server(transport, argv, root, *, confined, remote_protocol=None, log=Non
             return rsync_receiver.serve_receiver(sess, paths, root, confined, filters, log, daemon_filters)
         import rsync_sender
         return rsync_sender.serve_sender(sess, paths, root, confined, filters, log, root_shown,
-                                         daemon_filters)
+                                         daemon_filters, module)
     except RemoteExit as e:
         return e.code
     except ConnectionClosed as e:

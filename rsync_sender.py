@@ -103,7 +103,7 @@ class FileListBuilder:
     tree is still listed."""
 
     def __init__(self, opts, protocol, rootfd, confined, filters=None, warn=None,
-                 file_checksum=None, root_shown="", daemon_filters=None):
+                 file_checksum=None, root_shown="", daemon_filters=None, module=None):
         self.opts = opts
         self.protocol = protocol
         self.rootfd = rootfd
@@ -112,6 +112,7 @@ class FileListBuilder:
         self.warn = warn or (lambda tag, text: None)
         self.file_checksum = file_checksum
         self.root_shown = root_shown
+        self.module = module
         self.daemon_filters = daemon_filters
         self.entries = []
         self.bases = []
@@ -156,8 +157,8 @@ class FileListBuilder:
                 fd = os.open(path or b".", O_DIR, dir_fd=self.rootfd if not absolute else None)
         except OSError as e:
             self.io_error |= IOERR_GENERAL
-            self.warn(MSG_ERROR_XFER, 'rsync: [sender] change_dir "%s" failed: %s'
-                      % (_show(self._shown(head)), _errtext(e)))
+            self.warn(MSG_ERROR_XFER, 'rsync: [sender] change_dir %s failed: %s'
+                      % (self._where(head), _errtext(e)))
             return
         base = Base(fd, self._shown(head))
         self.bases.append(base)
@@ -167,13 +168,13 @@ class FileListBuilder:
         except OSError as e:
             if e.errno != errno.ENOENT:
                 self.io_error |= IOERR_GENERAL
-            self.warn(MSG_ERROR_XFER, 'rsync: [sender] link_stat "%s" failed: %s'
-                      % (_show(self._shown(head + b"/" + fn if head else fn)), _errtext(e)))
+            self.warn(MSG_ERROR_XFER, 'rsync: [sender] link_stat %s failed: %s'
+                      % (self._where(head + b"/" + fn if head else fn), _errtext(e)))
             return
         name = fn
         if self.daemon_filters is not None and self._arg_daemon_excluded(head, fn, st):
-            self.warn(MSG_ERROR_XFER, 'rsync: [sender] link_stat "%s" failed: No such file or directory (2)'
-                      % _show(self._shown(head + b"/" + fn if head else fn)))
+            self.warn(MSG_ERROR_XFER, 'rsync: [sender] link_stat %s failed: No such file or directory (2)'
+                      % self._where(head + b"/" + fn if head else fn))
             return
         if not dotdir and self._excluded(name, stat.S_ISDIR(st.st_mode)):
             return
@@ -194,8 +195,8 @@ class FileListBuilder:
                 dfd = os.open(fn, O_DIR | (0 if dotdir else O_NOFOLLOW), dir_fd=fd)
             except OSError as err:
                 self.io_error |= IOERR_GENERAL
-                self.warn(MSG_ERROR_XFER, 'rsync: [sender] opendir "%s" failed: %s'
-                          % (_show(self._shown(name)), _errtext(err)))
+                self.warn(MSG_ERROR_XFER, 'rsync: [sender] opendir %s failed: %s'
+                          % (self._where(name), _errtext(err)))
                 return
             parts = None
             if self.confined:
@@ -211,6 +212,10 @@ class FileListBuilder:
             if self.daemon_filters.excluded(b"/".join(parts[:i]), is_dir):
                 return True
         return False
+
+    def _where(self, path):
+        """full_fname: the quoted name, and in a daemon the module it is in."""
+        return '"%s"%s' % (_show(self._shown(path)), " (in %s)" % self.module if self.module else "")
 
     def _shown(self, path):
         if self.root_shown:
@@ -241,8 +246,8 @@ class FileListBuilder:
                 e.link = os.fsencode(os.readlink(leaf, dir_fd=dirfd))
             except OSError as err:
                 self.io_error |= IOERR_GENERAL
-                self.warn(MSG_ERROR_XFER, 'rsync: [sender] readlink "%s" failed: %s'
-                          % (_show(self._shown(name)), _errtext(err)))
+                self.warn(MSG_ERROR_XFER, 'rsync: [sender] readlink %s failed: %s'
+                          % (self._where(name), _errtext(err)))
                 return None
             if opts.links and not e.link:
                 self.io_error |= IOERR_GENERAL
@@ -294,8 +299,8 @@ class FileListBuilder:
                 listing = list(os.scandir(dfd))
             except OSError as err:
                 self.io_error |= IOERR_GENERAL
-                self.warn(MSG_ERROR_XFER, 'rsync: [sender] opendir "%s" failed: %s'
-                          % (_show(self._shown(prefix)), _errtext(err)))
+                self.warn(MSG_ERROR_XFER, 'rsync: [sender] opendir %s failed: %s'
+                          % (self._where(prefix), _errtext(err)))
                 return
             for de in listing:
                 leaf = de.name.encode(_FS_ENCODING, _FS_ERRORS)
@@ -717,7 +722,105 @@ def read_final_goodbye(sess, nfiles):
 # Filter rules on the wire (exclude.c recv_filter_list).
 
 
-def serve_sender(sess, paths, root, confined, filters, log, root_shown="", daemon_filters=None):
+_GLOB_CHARS = (b"*", b"?", b"[")
+
+
+def _has_glob(part):
+    return any(c in part for c in _GLOB_CHARS)
+
+
+def sanitize_arg(arg):
+    """sanitize_path for a daemon's path argument: a ".." takes away the
+    component before it and never climbs above the module; a leading "/"
+    and empty components are dropped. What remains empty is "."."""
+    trailing = arg.endswith(b"/")
+    parts = []
+    for c in arg.split(b"/"):
+        if c == b"..":
+            if parts:
+                parts.pop()
+        elif c:
+            parts.append(c)
+    out = b"/".join(parts) or b"."
+    return out + b"/" if trailing and out != b"." else (b"./" if trailing else out)
+
+
+def glob_arg(rootfd, root, arg, confined, excluded=None):
+    """glob_expand: each wildcard component of ARG (rsync's wildmatch: *, ?
+    and [...] within one name) is matched against the names of the
+    directories reached so far, below `rootfd`; a component that is not the
+    last must name a directory. Names a daemon excludes do not match.
+    Returns the matches in order, or [] when there is none."""
+    from rsync_filter import wildmatch
+    absolute = arg.startswith(b"/") and not confined
+    trailing = arg.endswith(b"/")
+    comps = [c for c in arg.split(b"/") if c]
+    found = [b"/" if absolute else b""]
+
+    def open_dir(path):
+        if confined:
+            return open_dir_beneath(rootfd, split_path(path))
+        return os.open(path or b".", O_DIR, dir_fd=rootfd)
+
+    for i, comp in enumerate(comps):
+        last = i == len(comps) - 1
+        wild = _has_glob(comp)
+        nxt = []
+        for pre in found:
+            if not wild and last:
+                nxt.append(pre + comp)
+                continue
+            try:
+                fd = open_dir(pre)
+            except OSError:
+                continue
+            try:
+                names = sorted(n for n in map(os.fsencode, os.listdir(fd)) if wildmatch(comp, n)) if wild else [comp]
+                for n in names:
+                    try:
+                        st = os.stat(n, dir_fd=fd, follow_symlinks=False)
+                        if stat.S_ISLNK(st.st_mode):
+                            # As glob's stat: a link matches as what it
+                            # points to, and not at all when that is missing
+                            # (or, confined, outside the module).
+                            if confined and not _inside(root, os.path.join(root, pre, n)):
+                                continue
+                            st = os.stat(n, dir_fd=fd)
+                    except OSError:
+                        continue
+                    is_dir = stat.S_ISDIR(st.st_mode)
+                    if (trailing or not last) and not is_dir:
+                        continue
+                    if excluded is not None and excluded(pre + n, is_dir):
+                        continue
+                    nxt.append(pre + n + (b"" if last else b"/"))
+            finally:
+                os.close(fd)
+        found = nxt
+    return [f + b"/" if trailing and not f.endswith(b"/") else f for f in found]
+
+
+def _inside(root, path):
+    """Whether PATH, its symlinks resolved, is ROOT or below it."""
+    real = os.path.realpath(path)
+    return real == root or real.startswith(root.rstrip(b"/") + b"/")
+
+
+def expand_args(rootfd, root, args, confined, excluded=None):
+    """The path arguments a daemon (or a server given them protected, -s)
+    serves: sanitized within the module when confined, then wildcards
+    expanded; a pattern that matches nothing is kept as it is."""
+    out = []
+    for a in args:
+        b = os.fsencode(a)
+        if confined:
+            b = sanitize_arg(b)
+        matched = glob_arg(rootfd, root, b, confined, excluded) if _has_glob(b) else []
+        out.extend(matched or [b])
+    return out
+
+
+def serve_sender(sess, paths, root, confined, filters, log, root_shown="", daemon_filters=None, module=None):
     """do_server_sender: the file list, the files, the stats, the goodbye."""
     opts = sess.opts
     if not paths:
@@ -740,7 +843,14 @@ def serve_sender(sess, paths, root, confined, filters, log, root_shown="", daemo
         t0 = time.monotonic()
         builder = FileListBuilder(opts, sess.protocol, rootfd, confined, filters, warn,
                                   sess.checksums.file_checksum if opts.checksum else None,
-                                  root_shown, daemon_filters)
+                                  root_shown, daemon_filters, module)
+        if confined or opts.protect_args:
+            def excluded(path, is_dir):
+                head, _, fn = path.rpartition(b"/")
+                return builder._arg_daemon_excluded(head, fn, os.stat_result(
+                    (stat.S_IFDIR if is_dir else stat.S_IFREG,) + (0,) * 9))
+            real = os.path.realpath(os.path.join(os.fsencode(root), os.fsencode(cwd)))
+            args = expand_args(rootfd, real, args, confined, excluded if daemon_filters is not None else None)
         try:
             for a in args:
                 builder.add_arg(a)
