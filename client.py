@@ -428,7 +428,7 @@ class Output:
                 self.error(extra)
             return
         if kind == "skip":
-            if opts.verbose:
+            if opts.verbose >= iflags:
                 self.info(extra)
             return
         if kind == "list":

@@ -378,7 +378,8 @@ class Receiver:
 
     `log(kind, entry, iflags, extra)` reports what happened, for -v/-i
     output: kind is "item" (an itemized change), "xfer" (a file received),
-    "delete", "skip" or "error" text."""
+    "delete", "skip" or "error" text; for "skip", iflags is the -v count
+    from which rsync shows it."""
 
     def __init__(self, sess, entries, unsorted, destfd, local_name=None, filters=None, out=None,
                  progress=None):
@@ -739,7 +740,7 @@ class Receiver:
             # Nothing new of any kind; what is below a directory not made
             # is missing too, and skipped in its turn.
             if opts.verbose > 1:
-                self.out("skip", e, 0, 'not creating new %s "%s"' % (
+                self.out("skip", e, 2, 'not creating new %s "%s"' % (
                     "directory" if e.is_dir() else "file", _show(name)))
             self._skipped_leader(e)
             return
@@ -965,7 +966,7 @@ class Receiver:
         opts = self.opts
         target = e.link or b""
         if opts.safe_links and unsafe_symlink(target, e.name):
-            self.out("skip", e, 0, "ignoring unsafe symlink \"%s\" -> \"%s\"" % (_show(e.name), _show(target)))
+            self.out("skip", e, 1, "ignoring unsafe symlink \"%s\" -> \"%s\"" % (_show(e.name), _show(target)))
             return
         if st is not None and stat.S_ISLNK(st.st_mode):
             parent, leaf = self.tree.split(name)
@@ -2023,6 +2024,12 @@ def serve_receiver(sess, paths, root, confined, filters, log, daemon_filters=Non
                 sess.out.msg(tag, text)
             else:
                 sess.out.msg_later(tag, text)
+        elif kind == "skip" and opts.verbose >= iflags and not opts.quiet:
+            text = extra.encode("utf-8", "surrogateescape") + b"\n"
+            if threading.current_thread().name == "generator":
+                sess.out.msg(MSG_INFO, text)
+            else:
+                sess.out.msg_later(MSG_INFO, text)
         elif kind == "delete" and p >= 29:
             name = extra[:-1] + b"\0" if extra.endswith(b"/") else extra
             sess.out.msg(MSG_DELETED, name[:MAX_PATH])

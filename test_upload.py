@@ -11,7 +11,7 @@ import pytest
 
 import rsync
 import rsync_flist
-from conftest import IS_ROOT, diff_snapshots, run, snapshot
+from conftest import IS_ROOT, client_cmd, diff_snapshots, run, snapshot
 from test_client import ours, stats
 
 PROTOCOLS = [27, 28, 29, 30, 31, 32]
@@ -521,3 +521,24 @@ def test_existing_creates_nothing_new(writable, stock_writable, stock_daemon_fac
     run([rsync_bin, *flags, daemon.url + "/m/", str(b) + "/"])
     sa, sb = shot(a), shot(b)
     assert sa == sb, diff_snapshots(sa, sb)
+
+
+def test_skipped_non_regular_files_are_reported(writable, stock_writable, stock_daemon_factory, rsync_bin,
+                                                tmp_path):
+    """Without -l or -D, each symlink and special file left out is reported
+    (skipping non-regular file "NAME"), even without -v, by our daemon
+    taking a push and by our client pulling, as stock rsync reports them."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    os.symlink("f", src / "lnk")
+    os.mkfifo(src / "fifo")
+    want = {'skipping non-regular file "fifo"', 'skipping non-regular file "lnk"'}
+    for d in (writable, stock_writable):
+        out = run([rsync_bin, "-rt", str(src) + "/", d.url + "/w/"]).stdout.decode()
+        assert set(out.splitlines()) == want, out
+    daemon = stock_daemon_factory(rsync_bin, {"m": str(src)})
+    for cmd in (client_cmd(), [rsync_bin]):
+        out = run(cmd + ["-rt", daemon.url + "/m/", str(tmp_path / ("d%d" % len(cmd))) + "/"]).stdout.decode()
+        assert set(out.splitlines()) == want, out
+    assert not os.path.lexists(writable.mod / "lnk") and os.path.exists(writable.mod / "f")
