@@ -326,8 +326,8 @@ def itemize_string(e, iflags, opts, sender=False):
     c[8] = "u" if iflags & rsync.ITEM_REPORT_ATIME else "."
     c[9] = "a" if iflags & rsync.ITEM_REPORT_ACL else "."
     c[10] = "x" if iflags & rsync.ITEM_REPORT_XATTR else "."
-    if iflags & rsync.ITEM_IS_NEW:
-        c[2:] = ["+"] * 9
+    if iflags & (rsync.ITEM_IS_NEW | rsync.ITEM_MISSING_DATA):
+        c[2:] = ["?" if iflags & rsync.ITEM_MISSING_DATA else "+"] * 9
     elif c[0] in ".hc" and all(x == "." for x in c[2:]):
         c[2:] = [" "] * 9
     return "".join(c)

@@ -171,6 +171,7 @@ ITEM_XNAME_FOLLOWS = 1 << 12
 ITEM_IS_NEW = 1 << 13
 ITEM_LOCAL_CHANGE = 1 << 14
 ITEM_TRANSFER = 1 << 15
+ITEM_MISSING_DATA = 1 << 16  # below 29 the flags are not sent: shown as ?
 
 FNAMECMP_FNAME = 0x80
 FNAMECMP_PARTIAL_DIR = 0x81
@@ -1806,7 +1807,7 @@ class Session:
             if self.protocol >= 29:
                 iflags = inp.shortint()
             else:
-                iflags = ITEM_TRANSFER
+                iflags = ITEM_TRANSFER | ITEM_MISSING_DATA
             if self.protocol < 30 and ndx == nfiles and iflags == ITEM_IS_NEW:
                 continue
             if ndx >= nfiles:

@@ -36,6 +36,7 @@ from rsync import (
     ITEM_BASIS_TYPE_FOLLOWS,
     ITEM_IS_NEW,
     ITEM_LOCAL_CHANGE,
+    ITEM_MISSING_DATA,
     ITEM_REPORT_GROUP,
     ITEM_REPORT_OWNER,
     ITEM_REPORT_PERMS,
@@ -1358,7 +1359,7 @@ class Receiver:
             if ndx < 0 or ndx >= n:
                 raise ProtocolError("Invalid file index: %d (%d - %d)" % (ndx, NDX_DONE, n - 1),
                                     RERR_PROTOCOL)
-            iflags = inp.shortint() if p >= 29 else ITEM_TRANSFER
+            iflags = inp.shortint() if p >= 29 else ITEM_TRANSFER | ITEM_MISSING_DATA
             xname = None
             if iflags & ITEM_BASIS_TYPE_FOLLOWS:
                 raise ProtocolError("unrequested basis type from the sender", RERR_PROTOCOL)
@@ -1366,7 +1367,7 @@ class Receiver:
                 xname = inp.vstring()
             want = self._pop_expected(ndx)
             if p < 29:
-                iflags = want[1]
+                iflags = want[1] | ITEM_MISSING_DATA
             elif want[1] != iflags:
                 raise ProtocolError("the sender changed the item flags of index %d" % ndx, RERR_PROTOCOL)
             if isinstance(want[2], tuple) and want[2][0] == "xname" and want[2][1] != xname:

@@ -107,7 +107,8 @@ def mask(text):
     return out
 
 
-@pytest.mark.parametrize("flags", [("-av", "--stats"), ("-aiv",), ("-avH", "--stats", "--delete")])
+@pytest.mark.parametrize("flags", [("-av", "--stats"), ("-aiv",), ("-avH", "--stats", "--delete"),
+                                   ("-aiv", "--protocol=28")])
 def test_output_matches_stock_client(stock350, tmp_path, rsync_bin, flags):
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     for d in (a, b):
