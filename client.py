@@ -290,7 +290,8 @@ def escape_name(b, eight_bit=False):
     for ch in text:
         o = ord(ch)
         if 0xDC80 <= o <= 0xDCFF:
-            out.append("\\#%03o" % (o - 0xDC00))
+            # A byte that is not UTF-8: with -8 it goes out as it is.
+            out.append(ch if eight_bit else "\\#%03o" % (o - 0xDC00))
         elif (o < 32 and ch != "\t") or o == 127 or (not eight_bit and 0x80 <= o < 0xA0):
             for byte in ch.encode("utf-8"):
                 out.append("\\#%03o" % byte)
@@ -353,7 +354,11 @@ class Output:
         if self.needs_newline:
             self.stdout.write("\n")
             self.needs_newline = False
-        f.write(text)
+        try:
+            f.write(text)
+        except UnicodeEncodeError:
+            f.flush()
+            f.buffer.write(text.encode("utf-8", "surrogateescape"))
         f.flush()
 
     def info(self, text):

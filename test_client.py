@@ -716,7 +716,7 @@ def _listing_tree(root):
     os.chmod(os.path.join(root, "sub", "b"), 0o4755)
 
 
-LISTINGS = [(), ("-a",), ("-r",), ("--no-h",), ("-h", "-r"), ("-av",), ("-d",), ("--list-only", "-a")]
+LISTINGS = [(), ("-a",), ("-r",), ("--no-h",), ("-h", "-r"), ("-av",), ("-d",), ("--list-only", "-a"), ("-8", "-r")]
 
 
 @pytest.mark.parametrize("where", ["daemon", "ssh", "local"])
