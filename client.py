@@ -416,7 +416,22 @@ class Output:
                 elif code == "l":
                     res.append(str(e.size if e else 0))
                 elif code == "f":
-                    res.append(shown)
+                    name = shown.split(" -> ")[0].split(" => ")[0]
+                    res.append(name.rstrip("/") or name)
+                elif code == "o":
+                    res.append("del." if e is None else "send" if self.sending else "recv")
+                elif code == "t":
+                    res.append(time.strftime("%Y/%m/%d %H:%M:%S"))
+                elif code == "M" and e is not None:
+                    res.append(time.strftime("%Y/%m/%d-%H:%M:%S", time.localtime(e.mtime)))
+                elif code == "B" and e is not None:
+                    res.append(stat.filemode(e.mode)[1:])
+                elif code == "U" and e is not None:
+                    res.append(str(e.uid))
+                elif code == "G" and e is not None:
+                    res.append(str(e.gid))
+                elif code == "p":
+                    res.append(str(os.getpid()))
                 elif code == "%":
                     res.append("%")
                 else:
@@ -957,7 +972,7 @@ class Pull:
             return self.finish(start, None)
 
         def created(path):
-            if opts.verbose or opts.itemize:
+            if opts.verbose or opts.itemize or opts.out_format:
                 out.info("created directory %s" % os.fsdecode(path))
         cwd = os.open(".", rsync.O_DIR)
         try:

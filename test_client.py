@@ -108,7 +108,7 @@ def mask(text):
 
 
 @pytest.mark.parametrize("flags", [("-av", "--stats"), ("-aiv",), ("-avH", "--stats", "--delete"),
-                                   ("-aiv", "--protocol=28")])
+                                   ("-aiv", "--protocol=28"), ("-a", "--out-format=%i|%n|%L|%f|%l|%o|%M|%B|%U|%G")])
 def test_output_matches_stock_client(stock350, tmp_path, rsync_bin, flags):
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     for d in (a, b):
