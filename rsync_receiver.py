@@ -1836,15 +1836,54 @@ def unsafe_symlink(target, name):
 _ZEROS = bytes(1 << 16)
 
 
+_SPARSE_PIECE = 1024
+
+
 def _write_sparse(fd, data):
-    """--sparse: runs of zeros become holes (a seek) instead of writes."""
-    mv = memoryview(data)
-    for i in range(0, len(mv), len(_ZEROS)):
-        piece = mv[i:i + len(_ZEROS)]
-        if piece == _ZEROS[:len(piece)]:
-            os.lseek(fd, len(piece), os.SEEK_CUR)
-        else:
-            _write_out(fd, piece)
+    """--sparse as rsync's write_sparse does it, a KiB at a time: the zeros
+    that end one piece and begin another are seeked over, not written, so a
+    run of zeros spanning whole pieces leaves a hole."""
+    mv = memoryview(data).cast("B")
+    n = len(mv)
+    piece, zeros = _SPARSE_PIECE, _ZEROS
+    first = bytes(mv[:piece])
+    out = len(first) - len(first.lstrip(b"\0"))  # mv[out:] is not written or seeked over yet
+    if out:
+        os.lseek(fd, out, os.SEEK_CUR)
+    i = 0
+    while i < n:
+        window = bytes(mv[i:i + len(zeros)])
+        at = window.find(zeros[:piece]) if len(window) >= piece else -1
+        while at >= 0 and at % piece:
+            at = window.find(zeros[:piece], at - at % piece + piece)
+        if at < 0:
+            i += len(window)
+            continue
+        i += at
+        j = i + piece
+        while j < n:
+            w = bytes(mv[j:j + len(zeros)])
+            if w == zeros[:len(w)]:
+                j += len(w)
+                continue
+            nz = len(w) - len(w.lstrip(b"\0"))
+            j += nz - nz % piece  # the whole pieces of zeros only
+            break
+        j = min(j, n)
+        before = max(out, i - piece)
+        start = before + len(bytes(mv[before:i]).rstrip(b"\0"))
+        after = bytes(mv[j:j + piece])
+        end = j + len(after) - len(after.lstrip(b"\0"))
+        if start > out:
+            _write_out(fd, mv[out:start])
+        os.lseek(fd, end - start, os.SEEK_CUR)
+        out = end
+        i = j
+    if out < n:
+        last = bytes(mv[max(out, n - piece):])
+        end = n - (len(last) - len(last.rstrip(b"\0")))
+        _write_out(fd, mv[out:end])
+        os.lseek(fd, n - end, os.SEEK_CUR)
 
 
 def _write_out(fd, data):

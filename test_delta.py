@@ -1037,3 +1037,25 @@ def test_same_blocks_as_stock_rsync(tmp_path, inplace, rsync_bin):
             if idx >= 0:
                 ours.append((off + lit, idx))
         assert ours == _stock_rsync_matches(tmp_path, basis, new, blength, inplace)
+
+
+def test_sparse_writer_keeps_the_bytes(tmp_path):
+    """_write_sparse over any split of any mix of zeros and data leaves the
+    bytes that were given, with holes only where zeros were."""
+    import random
+    import rsync_receiver
+    rng = random.Random(7)
+    path = tmp_path / "f"
+    for _ in range(300):
+        data = b"".join(bytes(k) if rng.random() < 0.5 else rng.randbytes(k)
+                        for k in (rng.choice([0, 1, 248, 1023, 1024, 1025, 4096, 70000])
+                                  for _ in range(rng.randint(1, 8))))
+        cut = rng.randint(0, len(data))
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+        try:
+            rsync_receiver._write_sparse(fd, data[:cut])
+            rsync_receiver._write_sparse(fd, memoryview(data)[cut:])
+            os.ftruncate(fd, len(data))
+        finally:
+            os.close(fd)
+        assert path.read_bytes() == data

@@ -542,3 +542,33 @@ def test_skipped_non_regular_files_are_reported(writable, stock_writable, stock_
         out = run(cmd + ["-rt", daemon.url + "/m/", str(tmp_path / ("d%d" % len(cmd))) + "/"]).stdout.decode()
         assert set(out.splitlines()) == want, out
     assert not os.path.lexists(writable.mod / "lnk") and os.path.exists(writable.mod / "f")
+
+
+def _sparse_tree(root):
+    root.mkdir()
+    with open(root / "holes", "wb") as f:
+        f.truncate(20 << 20)
+        f.seek(10240000)
+        f.write(os.urandom(40960))
+        f.seek(15 << 20)
+        f.write(os.urandom(5000) + bytes(9000) + os.urandom(3000))
+    (root / "mixed").write_bytes(os.urandom(5000) + bytes(9000) + os.urandom(3000) + bytes(100000))
+
+
+def test_sparse_allocates_as_stock(writable, stock_writable, stock_daemon_factory, rsync_bin, tmp_path):
+    """-S: the blocks a received file takes are those stock rsync's
+    receiver gives it (holes wherever a run of zeros spans its 1 KiB write
+    pieces), when our daemon receives and when our client does."""
+    src = tmp_path / "src"
+    _sparse_tree(src)
+    for d in (writable, stock_writable):
+        run([rsync_bin, "-aS", str(src) + "/", d.url + "/w/"])
+    daemon = stock_daemon_factory(rsync_bin, {"m": str(src)})
+    ours("-aS", daemon.url + "/m/", str(tmp_path / "a") + "/")
+    run([rsync_bin, "-aS", daemon.url + "/m/", str(tmp_path / "b") + "/"])
+    for name in ("holes", "mixed"):
+        blocks = [os.stat(p / name).st_blocks for p in (writable.mod, stock_writable.mod, tmp_path / "a",
+                                                         tmp_path / "b")]
+        assert len(set(blocks)) == 1, (name, blocks)
+        for p in (writable.mod, tmp_path / "a"):
+            assert (p / name).read_bytes() == (src / name).read_bytes()
