@@ -351,15 +351,22 @@ class Output:
 
     def write(self, text, err=False):
         f = self.stderr if err else self.stdout
-        if self.needs_newline:
-            self.stdout.write("\n")
-            self.needs_newline = False
         try:
-            f.write(text)
-        except UnicodeEncodeError:
+            if self.needs_newline:
+                self.needs_newline = False
+                self.write("\n")
+            try:
+                f.write(text)
+            except UnicodeEncodeError:
+                f.flush()
+                f.buffer.write(text.encode("utf-8", "surrogateescape"))
             f.flush()
-            f.buffer.write(text.encode("utf-8", "surrogateescape"))
-        f.flush()
+        except BrokenPipeError:
+            # Whoever read our output has gone (| head): the transfer goes
+            # on, as rsync's does, and what it would print is dropped.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, f.fileno())
+            os.close(devnull)
 
     def info(self, text):
         if not self.opts.quiet:
@@ -518,9 +525,8 @@ class Output:
             units = "MB/s"
         rem = "%4u:%02u:%02u" % (remain // 3600, (remain // 60) % 60, remain % 60)
         pct = 100 if ofs == size else int(100.0 * ofs / size) if size else 100
-        self.stdout.write("\r%15s %3d%% %7.2f%s %s%s" % (human_num(ofs, self.opts.human_readable),
-                                                         pct, rate, units, rem, eol))
-        self.stdout.flush()
+        self.write("\r%15s %3d%% %7.2f%s %s%s" % (human_num(ofs, self.opts.human_readable),
+                                                  pct, rate, units, rem, eol))
 
     def progress_done(self, e):
         if self.opts.quiet:

@@ -805,3 +805,22 @@ def test_failures_end_with_an_rsync_error_line(tmp_path, stock_daemon_factory, r
         err = mine.stderr.decode()
         assert re.search(r"^rsync error: .* \(code %d\)" % mine.returncode, err, re.M), err
         assert "Traceback" not in err
+
+
+def test_output_reader_gone_the_transfer_goes_on(tmp_path, stock_daemon_factory, rsync_bin):
+    """`gokr-rsync -v ... | head -1`: once nobody reads our output the
+    transfer still completes and exits 0, as stock rsync's does."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(200):
+        (src / ("f%03d" % i)).write_text("x" * i)
+    daemon = stock_daemon_factory(rsync_bin, {"m": str(src)})
+    dst = tmp_path / "dst"
+    p = subprocess.Popen(client_cmd() + ["-av", "--progress", daemon.url + "/m/", str(dst) + "/"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.readline()
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 0, err
+    assert b"Traceback" not in err
+    assert sorted(os.listdir(dst)) == sorted(os.listdir(src))
