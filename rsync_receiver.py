@@ -18,7 +18,6 @@ import functools
 import os
 import queue
 import random
-import shutil
 import stat
 import struct
 import threading
@@ -764,7 +763,7 @@ class Receiver:
         if not e.is_reg():
             return
         if st is not None and not stat.S_ISREG(st.st_mode):
-            if not self._make_way(name, st):
+            if not self._make_way(name, st, e):
                 return
             st = None
         if opts.existing and st is None:  # a non-file made way for it
@@ -901,28 +900,46 @@ class Receiver:
             os.close(fd)
         self._send_request(e.ndx, iflags, (count, blength, s2length, remainder), parts)
 
-    def _make_way(self, name, st):
-        """Removes a local entry of the wrong type (a directory only if empty,
-        or recursively with --delete/--force), as delete_item does."""
+    def _make_way(self, name, st, e):
+        """delete_item with DEL_MAKE_ROOM: removes a local entry of the wrong
+        type for entry `e`. A directory goes only if empty, or with
+        --delete/--force with its contents, which are reported deleted (it
+        is not). False, after rsync's messages, when it cannot go."""
         parent, leaf = self.tree.split(name)
         dfd = self.tree.dir(parent)
         try:
             if stat.S_ISDIR(st.st_mode):
                 if self.opts.delete or self.opts.force:
-                    shutil.rmtree(leaf, dir_fd=dfd)
-                else:
+                    sub = os.open(leaf, O_DIR | O_NOFOLLOW, dir_fd=dfd)
+                    try:
+                        for child in sorted((os.fsencode(n) for n in os.listdir(sub)), reverse=True):
+                            try:
+                                cst = os.stat(child, dir_fd=sub, follow_symlinks=False)
+                            except OSError:
+                                continue
+                            self._delete_entry(sub, child, name + b"/" + child, cst)
+                    finally:
+                        os.close(sub)
+                if not self.opts.dry_run:
                     os.rmdir(leaf, dir_fd=dfd)
-            else:
+            elif not self.opts.dry_run:
                 os.unlink(leaf, dir_fd=dfd)
             return True
         except OSError as err:
-            self.warn('rsync: [generator] delete_file: cannot delete "%s": %s' % (_show(name), _errtext(err)))
+            if err.errno == errno.ENOTEMPTY:
+                self.out("skip", e, 0, "cannot delete non-empty directory: %s" % _show(name))
+            else:
+                self.warn('rsync: [generator] delete_file: %s(%s) failed: %s' % (
+                    "rmdir" if stat.S_ISDIR(st.st_mode) else "unlink", _show(name), _errtext(err)))
+            desc = "directory" if e.is_dir() else "symlink" if e.is_link() else \
+                "device file" if _is_device(e.mode) else "special file" if _is_special(e.mode) else "regular file"
+            self.warn("could not make way for new %s: %s" % (desc, _show(name)))
             return False
 
     def _gen_dir(self, e, name, st):
         opts = self.opts
         if st is not None and not stat.S_ISDIR(st.st_mode):
-            if not self._make_way(name, st):
+            if not self._make_way(name, st, e):
                 return
             st = None
         created = st is None or e.flags & FLAG_DIR_CREATED
@@ -984,7 +1001,7 @@ class Receiver:
         if not opts.dry_run:
             what = 'symlink "%s" -> "%s"' % (_show(name), _show(target))
             if not self._replace_with(name, st, what,
-                                      lambda tmp, dfd: os.symlink(target, tmp, dir_fd=dfd)):
+                                      lambda tmp, dfd: os.symlink(target, tmp, dir_fd=dfd), e):
                 return
             self._set_attrs(e, name, None)
         self._report(e, iflags, None)
@@ -1008,17 +1025,17 @@ class Receiver:
                 else:
                     os.mknod(tmp, stat.S_IFMT(e.mode) | 0o600,
                              os.makedev(e.rdev_major, e.rdev_minor), dir_fd=dfd)
-            if not self._replace_with(name, st, 'mknod "%s"' % _show(name), create):
+            if not self._replace_with(name, st, 'mknod "%s"' % _show(name), create, e):
                 return
             self._set_attrs(e, name, None)
         self._report(e, iflags)
 
-    def _replace_with(self, name, st, what, create):
+    def _replace_with(self, name, st, what, create, e):
         """Makes the non-file entry under a temporary name with create(tmp,
         dir_fd) and renames it over name; a directory in the way is deleted
         first. False (after a warning) when that fails."""
         if st is not None and stat.S_ISDIR(st.st_mode):
-            if not self._make_way(name, st):
+            if not self._make_way(name, st, e):
                 return False
         parent, leaf = self.tree.split(name)
         dfd = self.tree.dir(parent)

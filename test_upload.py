@@ -2,6 +2,7 @@
 stock rsync (daemon and remote shell), local copies, and a hostile sender."""
 
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -572,3 +573,46 @@ def test_sparse_allocates_as_stock(writable, stock_writable, stock_daemon_factor
         assert len(set(blocks)) == 1, (name, blocks)
         for p in (writable.mod, tmp_path / "a"):
             assert (p / name).read_bytes() == (src / name).read_bytes()
+
+
+@pytest.mark.parametrize("flags", [("-ai",), ("-ai", "--delete"), ("-ai", "--force"), ("-rl",)])
+def test_directory_in_the_way(writable, stock_writable, stock_daemon_factory, rsync_bin, tmp_path, flags):
+    """A non-empty directory where a file is to go: without --delete or
+    --force it stays, with rsync's two messages and code 23; with them its
+    contents are reported deleted and the file takes its place. Our daemon
+    and our client say and leave what stock rsync does (lines compared in
+    any order: two processes write them)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "one").write_text("file")
+    (src / "keep").write_text("k")
+
+    def prep(root):
+        (root / "one").mkdir(parents=True)
+        (root / "one" / "q").write_text("q")
+        for p in (root / "one" / "q", root / "one"):
+            os.utime(p, (1e9, 1e9))
+
+    def said(p):
+        return p.returncode, sorted(re.sub(r" at \S+ \[\w+=[\d.]+\]", "", (p.stdout + p.stderr).decode())
+                                    .splitlines())
+    got = []
+    for d in (writable, stock_writable):
+        prep(d.mod)
+        got.append(said(run([rsync_bin, *flags, "--no-i-r", str(src) + "/", d.url + "/w/"], check=False)))
+    assert got[0] == got[1]
+    sa, sb = snapshot(str(writable.mod)), snapshot(str(stock_writable.mod))
+    del sa["."], sb["."]
+    if "-rl" in flags:  # without -t new files have the time they were made
+        for snap in (sa, sb):
+            snap["keep"].pop("mtime")
+    assert sa == sb, diff_snapshots(sa, sb)
+    daemon = stock_daemon_factory(rsync_bin, {"m": str(src)})
+    a, b = tmp_path / "a", tmp_path / "b"
+    prep(a)
+    prep(b)
+    mine = said(run(client_cmd() + [*flags, daemon.url + "/m/", str(a) + "/"], check=False))
+    theirs = said(run([rsync_bin, *flags, "--no-i-r", daemon.url + "/m/", str(b) + "/"], check=False))
+    assert mine[0] == theirs[0] and [l for l in mine[1] if not l.startswith("rsync error")] == \
+        [l for l in theirs[1] if not l.startswith("rsync error")], (mine, theirs)
+    assert (a / "one").is_dir() == ("--delete" not in flags and "--force" not in flags)
