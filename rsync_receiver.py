@@ -2014,7 +2014,11 @@ def open_destination(basefd, dest, entries, confined, created=None):
         else:
             os.mkdir(dest, 0o777, dir_fd=basefd)
     except OSError as e:
-        raise RsyncError('mkdir "%s" failed: %s' % (_show(dest), _errtext(e)), RERR_FILEIO) from None
+        shown = dest.rstrip(b"/") or b"/"
+        if not confined and not shown.startswith(b"/"):
+            shown = os.path.join(os.getcwd().encode(), shown)
+        raise RsyncError('rsync: [Receiver] mkdir "%s" failed: %s' % (_show(shown), _errtext(e)),
+                         RERR_FILEIO) from None
     if entries and entries[0].name == b".":
         entries[0].flags |= FLAG_DIR_CREATED
     if created:

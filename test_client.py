@@ -805,6 +805,11 @@ def test_failures_end_with_an_rsync_error_line(tmp_path, stock_daemon_factory, r
         err = mine.stderr.decode()
         assert re.search(r"^rsync error: .* \(code %d\)" % mine.returncode, err, re.M), err
         assert "Traceback" not in err
+    args = [daemon.url + "/m/", str(tmp_path / "no" / "such") + "/"]
+    mine = run(client_cmd() + ["-a"] + args, check=False)
+    theirs = run([rsync_bin, "-a"] + args, check=False)
+    assert mine.returncode == theirs.returncode == 11
+    assert mine.stderr.splitlines()[0] == theirs.stderr.splitlines()[0]
 
 
 def test_output_reader_gone_the_transfer_goes_on(tmp_path, stock_daemon_factory, rsync_bin):
