@@ -910,16 +910,7 @@ class Receiver:
         try:
             if stat.S_ISDIR(st.st_mode):
                 if self.opts.delete or self.opts.force:
-                    sub = os.open(leaf, O_DIR | O_NOFOLLOW, dir_fd=dfd)
-                    try:
-                        for child in sorted((os.fsencode(n) for n in os.listdir(sub)), reverse=True):
-                            try:
-                                cst = os.stat(child, dir_fd=sub, follow_symlinks=False)
-                            except OSError:
-                                continue
-                            self._delete_entry(sub, child, name + b"/" + child, cst)
-                    finally:
-                        os.close(sub)
+                    self._delete_children(dfd, leaf, name)
                 if not self.opts.dry_run:
                     os.rmdir(leaf, dir_fd=dfd)
             elif not self.opts.dry_run:
@@ -1232,21 +1223,26 @@ class Receiver:
                 cache.setdefault(parent or b".", set()).add(leaf)
         return cache.get(dirname, set())
 
+    def _delete_children(self, dfd, leaf, rel):
+        """delete_dir_contents: everything below directory `leaf`, deepest
+        first, in reverse name order, each reported."""
+        sub = os.open(leaf, O_DIR | O_NOFOLLOW, dir_fd=dfd)
+        try:
+            for child in sorted((os.fsencode(n) for n in os.listdir(sub)), reverse=True):
+                try:
+                    cst = os.stat(child, dir_fd=sub, follow_symlinks=False)
+                except OSError:
+                    continue
+                self._delete_entry(sub, child, rel + b"/" + child, cst)
+        finally:
+            os.close(sub)
+
     def _delete_entry(self, dfd, leaf, rel, st):
         if stat.S_ISDIR(st.st_mode):
             try:
-                sub = os.open(leaf, O_DIR | O_NOFOLLOW, dir_fd=dfd)
+                self._delete_children(dfd, leaf, rel)
             except OSError:
                 return
-            try:
-                for child in sorted((os.fsencode(n) for n in os.listdir(sub)), reverse=True):
-                    try:
-                        cst = os.stat(child, dir_fd=sub, follow_symlinks=False)
-                    except OSError:
-                        continue
-                    self._delete_entry(sub, child, rel + b"/" + child, cst)
-            finally:
-                os.close(sub)
         limit = self.opts.max_delete
         if limit is not None and (limit <= 0 or self.deleted_count >= limit):
             self.skipped_deletes += 1
