@@ -481,13 +481,9 @@ class Output:
     def list_line(self, e):
         """list_file_entry: mode, size, mtime and name, as `ls -l` would."""
         opts = self.opts
-        line = "%s %*s %s %s" % (stat.filemode(e.mode), 14 if opts.human_readable else 11,
-                                 human_num(e.size, opts.human_readable),
-                                 time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(e.mtime)),
-                                 escape_name(e.name, opts.eight_bit))
-        if opts.links and e.is_link():
-            line += " -> " + escape_name(e.link or b"", opts.eight_bit)
-        return line
+        return rsync_receiver.list_line(e, human_num(e.size, opts.human_readable),
+                                        14 if opts.human_readable else 11,
+                                        lambda b: escape_name(b, opts.eight_bit), opts.links)
 
     def deleted(self, payload):
         """MSG_DELETED from a receiving server: a name, NUL-ended for a directory."""

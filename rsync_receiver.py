@@ -2049,6 +2049,16 @@ def recv_file_list(sess, check=None, between=None):
     return entries, unsorted, users, groups
 
 
+def list_line(e, size_text, width, show, links):
+    """list_file_entry: mode, size (SIZE_TEXT right-aligned in WIDTH), mtime
+    and the name (through SHOW), with a link's target when links are kept."""
+    line = "%s %*s %s %s" % (stat.filemode(e.mode), width, size_text,
+                             time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(e.mtime)), show(e.name))
+    if links and e.is_link():
+        line += " -> " + show(e.link or b"")
+    return line
+
+
 def serve_receiver(sess, paths, root, confined, filters, log, daemon_filters=None):
     """do_server_recv: the sender's list, then generator and receiver writing
     below the destination; errors and deletions are reported to the client."""
@@ -2064,7 +2074,10 @@ def serve_receiver(sess, paths, root, confined, filters, log, daemon_filters=Non
         if opts.verbose or "%i" in (opts.log_format or ""):
             sess.send_text(MSG_INFO, "created directory %s" % _show(path))
     try:
-        destfd, local_name = open_destination(rootfd, dest, entries, confined, created)
+        if opts.list_only:  # nothing is asked for or written, not even the destination
+            destfd, local_name = os.dup(rootfd), None
+        else:
+            destfd, local_name = open_destination(rootfd, dest, entries, confined, created)
     finally:
         os.close(rootfd)
     p = sess.protocol
@@ -2081,6 +2094,10 @@ def serve_receiver(sess, paths, root, confined, filters, log, daemon_filters=Non
                 sess.out.msg(tag, text)
             else:
                 sess.out.msg_later(tag, text)
+        elif kind == "list":
+            text = list_line(e, "{:,}".format(e.size), 14, lambda b: b.decode("utf-8", "surrogateescape"),
+                             opts.links)
+            sess.out.msg(MSG_INFO, text.encode("utf-8", "surrogateescape") + b"\n")
         elif kind == "skip" and opts.verbose >= iflags and not opts.quiet:
             text = extra.encode("utf-8", "surrogateescape") + b"\n"
             if threading.current_thread().name == "generator":

@@ -616,3 +616,17 @@ def test_directory_in_the_way(writable, stock_writable, stock_daemon_factory, rs
     assert mine[0] == theirs[0] and [l for l in mine[1] if not l.startswith("rsync error")] == \
         [l for l in theirs[1] if not l.startswith("rsync error")], (mine, theirs)
     assert (a / "one").is_dir() == ("--delete" not in flags and "--force" not in flags)
+
+
+def test_list_only_push_lists_and_writes_nothing(writable, stock_writable, rsync_bin, tmp_path):
+    """--list-only toward a writable module: the receiving daemon lists the
+    sender's files to the client as stock's does, and creates nothing."""
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "f").write_text("x" * 3000)
+    os.symlink("d/f", src / "lnk")
+    outs = []
+    for d in (writable, stock_writable):
+        outs.append(run([rsync_bin, "-a", "--list-only", str(src) + "/", d.url + "/w/new/"]).stdout)
+        assert os.listdir(d.mod) == []
+    assert outs[0] == outs[1] and b"d/f" in outs[0] and b"lnk -> d/f" in outs[0]
