@@ -343,6 +343,7 @@ class Output:
         self.stderr = stderr or sys.stderr
         self.needs_newline = False
         self.got_xfer_error = False
+        self.exit_reported = False  # the peer's "rsync error:" line came through
         self.progress_start = None
         self.xfr = 0
         self.nfiles = 0
@@ -382,6 +383,8 @@ class Output:
                    rsync.MSG_WARNING):
             if tag == rsync.MSG_ERROR_XFER:
                 self.got_xfer_error = True
+            if text.startswith("rsync error:"):
+                self.exit_reported = True
             self.write(text, err=True)
         elif tag in (rsync.MSG_INFO, rsync.MSG_CLIENT):
             if not self.opts.quiet:
@@ -1352,7 +1355,7 @@ def main(argv=None):
             raise Usage("--protocol must be between %d and %d" % (rsync.MIN_PROTOCOL_VERSION,
                                                                  rsync.PROTOCOL_VERSION))
         code = run(opts, args, out)
-        if code:
+        if code and not out.exit_reported:
             # log_exit: every failing run ends with the line scripts look for.
             sys.stderr.write("rsync error: %s (code %d) at %s [client=%s]\n" % (
                 rsync.RERR_NAMES.get(code, "unexplained error"), code, PROG, rsync.VERSION))

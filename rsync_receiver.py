@@ -1978,8 +1978,8 @@ def open_destination(basefd, dest, entries, confined, created=None):
             return None
         except OSError as e:
             shown = dest if confined or dest.startswith(b"/") else os.path.join(os.getcwd().encode(), dest)
-            raise RsyncError('ERROR: cannot stat destination "%s": %s' % (_show(shown), _errtext(e)),
-                             RERR_FILESELECT) from None
+            raise RsyncError('rsync: [Receiver] ERROR: cannot stat destination "%s": %s'
+                             % (_show(shown), _errtext(e)), RERR_FILESELECT) from None
 
     def open_dir():
         if confined:

@@ -798,12 +798,14 @@ def test_failures_end_with_an_rsync_error_line(tmp_path, stock_daemon_factory, r
     for args in ([daemon.url + "/m/missing", str(tmp_path / "d1") + "/"],
                  [daemon.url + "/nomodule/", str(tmp_path / "d2") + "/"],
                  [daemon.url + "/m/", str(tmp_path / "afile") + "/"],
-                 [str(tmp_path / "missing") + "/", str(tmp_path / "d3") + "/"]):
+                 [str(tmp_path / "missing") + "/", str(tmp_path / "d3") + "/"],
+                 [str(src) + "/", str(tmp_path / "afile") + "/"]):
         mine = run(client_cmd() + ["-a"] + args, check=False)
         theirs = run([rsync_bin, "-a"] + args, check=False)
         assert mine.returncode == theirs.returncode != 0, (args, mine.stderr, theirs.stderr)
         err = mine.stderr.decode()
         assert re.search(r"^rsync error: .* \(code %d\)" % mine.returncode, err, re.M), err
+        assert err.count("rsync error:") == 1, err
         assert "Traceback" not in err
     args = [daemon.url + "/m/", str(tmp_path / "no" / "such") + "/"]
     mine = run(client_cmd() + ["-a"] + args, check=False)
