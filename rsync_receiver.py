@@ -406,6 +406,8 @@ class Receiver:
         self.writer = None
         self.leaders = {}
         self.followers = []
+        self.hl_group = {}  # ndx -> its hard-link group's members, in list order
+        self.hl_led = set()  # ids of the groups whose leader was found at the destination
         self.del_stats = [0, 0, 0, 0, 0]
         self.deleted_count = 0
         self.skipped_deletes = 0
@@ -449,10 +451,13 @@ class Receiver:
                 continue
             members.sort(key=lambda x: x.ndx)
             leader = members[-1]
-            for m in members[:-1]:
-                if m.is_dir() or leader.is_dir():
-                    continue
-                self.leaders[m.ndx] = leader
+            if leader.is_dir():
+                continue
+            group = [m for m in members if not m.is_dir()]
+            for m in group:
+                self.hl_group[m.ndx] = group
+                if m is not leader:
+                    self.leaders[m.ndx] = leader
 
     def target(self, e):
         if self.local_name is not None:
@@ -747,8 +752,19 @@ class Receiver:
         if e.is_dir():
             return self._gen_dir(e, name, st)
         if e.ndx in self.leaders:
-            self.followers.append(e)
-            return
+            group = self.hl_group.get(e.ndx)
+            if group is None or id(group) in self.hl_led or st is None or not stat.S_ISREG(st.st_mode) \
+                    or not e.is_reg():
+                self.followers.append(e)
+                return
+            # hard_link_check: the first member the destination already has
+            # leads its group (kept, or updated in place of being sent anew),
+            # and the others, before and after it, are linked to it.
+            self.hl_led.add(id(group))
+            for m in group:
+                if m is not e:
+                    self.leaders[m.ndx] = e
+            del self.leaders[e.ndx]
         if e.is_link():
             if not opts.links:
                 self.out("skip", e, 0, "skipping non-regular file \"%s\"" % _show(e.name))
@@ -1151,8 +1167,9 @@ class Receiver:
         self._recv_generator(new, full_sums=False)
 
     def _finish_hardlinks(self):
-        """Links each follower to its group's transferred member (the last in
-        list order), walking each group backwards as rsync does."""
+        """Links each follower to its group's leader (the first member the
+        destination had, else the last in list order, which was transferred),
+        walking each group backwards as rsync does."""
         for e in sorted(self.followers, key=lambda f: (self.leaders[f.ndx].ndx, -f.ndx)):
             leader = self.leaders[e.ndx]
             name, lname = self.target(e), self.target(leader)

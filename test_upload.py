@@ -630,3 +630,52 @@ def test_list_only_push_lists_and_writes_nothing(writable, stock_writable, rsync
         outs.append(run([rsync_bin, "-a", "--list-only", str(src) + "/", d.url + "/w/new/"]).stdout)
         assert os.listdir(d.mod) == []
     assert outs[0] == outs[1] and b"d/f" in outs[0] and b"lnk -> d/f" in outs[0]
+
+
+def _hl_prep(root, src, how):
+    """A destination for a three-name hard-link group: unlinked copies of
+    all three, of one only, or with the first changed."""
+    names = ("hl1", "hl2", "a/hl3")
+    keep = {"unlinked": names, "only2": ("hl2",), "only3": ("a/hl3",), "changed1": names}[how]
+    for n in keep:
+        os.makedirs(os.path.dirname(root / n), exist_ok=True)
+        (root / n).write_bytes((src / n).read_bytes())
+        st = os.stat(src / n)
+        os.utime(root / n, ns=(st.st_atime_ns, st.st_mtime_ns))
+    if how == "changed1":
+        (root / "hl1").write_text("other")
+        os.utime(root / "hl1", (1e9, 1e9))
+
+
+@pytest.mark.parametrize("how", ["unlinked", "only2", "only3", "changed1"])
+def test_hard_link_group_led_by_what_the_destination_has(writable, stock_writable, stock_daemon_factory,
+                                                         rsync_bin, tmp_path, how):
+    """-H into a destination that already holds members of a group: the
+    first member it has leads (kept or updated) and the others are linked
+    to it, as stock rsync does; same lines, same links, both ways."""
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    (src / "hl1").write_text("data")
+    os.link(src / "hl1", src / "hl2")
+    os.link(src / "hl1", src / "a" / "hl3")
+
+    def lines(p):
+        return sorted(l for l in p.stdout.decode().splitlines() if not l.startswith("created directory"))
+    got = []
+    for d in (writable, stock_writable):
+        _hl_prep(d.mod, src, how)
+        got.append(lines(run([rsync_bin, "-aiH", "--no-i-r", str(src) + "/", d.url + "/w/"])))
+    assert got[0] == got[1]
+    sa, sb = snapshot(str(writable.mod)), snapshot(str(stock_writable.mod))
+    assert sa["<hardlinks>"] == sb["<hardlinks>"] == [["a/hl3", "hl1", "hl2"]]
+    daemon = stock_daemon_factory(rsync_bin, {"m": str(src)})
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        d.mkdir()
+        _hl_prep(d, src, how)
+    mine = lines(run(client_cmd() + ["-aiH", daemon.url + "/m/", str(a) + "/"]))
+    theirs = lines(run([rsync_bin, "-aiH", "--no-i-r", daemon.url + "/m/", str(b) + "/"]))
+    assert mine == theirs
+    assert snapshot(str(a))["<hardlinks>"] == [["a/hl3", "hl1", "hl2"]]
+    if how == "unlinked":
+        assert "hf          hl2 => hl1" in mine
