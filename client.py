@@ -1163,29 +1163,15 @@ class Push:
             rsync.send_filter_rules(sess, rules)
         if self.filters is not None and opts.cvs_exclude:
             self.filters.add_cvs_exclude(server=False, sender=True)
-        if opts.verbose and not opts.quiet:
-            out.write("building file list ... ")
-            out.needs_newline = True
         t0 = time.monotonic()
-
-        def warn(tag, text):
-            if tag == rsync.MSG_INFO:
-                if opts.verbose:
-                    out.info(text)
-            else:
-                if tag == rsync.MSG_ERROR_XFER:
-                    out.got_xfer_error = True
-                out.error(text)
         cwd = os.open(".", rsync.O_DIR)
-        builder = rsync_sender.FileListBuilder(opts, sess.protocol, cwd, False, self.filters, warn,
-                                        sess.checksums.file_checksum if opts.checksum else None)
         try:
-            for s in self.sources:
-                builder.add_arg(s.path)
-            entries = builder.finish()
-            if opts.verbose and not opts.quiet:
-                out.needs_newline = False
-                out.write("done\n")
+            builder, entries = build_file_list(opts, out, cwd, self.sources, self.filters, sess.protocol,
+                                               sess.checksums.file_checksum if opts.checksum else None)
+        except BaseException:
+            os.close(cwd)
+            raise
+        try:
             count_files(sess.stats, entries)
             sess.stats.flist_size = 0
             out.nfiles = len(entries)
@@ -1193,8 +1179,7 @@ class Push:
 
             def event(kind, e, iflags, extra):
                 if iflags & rsync.ITEM_IS_NEW and kind == "item":
-                    k = "dir" if e.is_dir() else "link" if e.is_link() else "dev" \
-                        if rsync_flist._is_device(e.mode) else "special" if rsync_flist._is_special(e.mode) else "reg"
+                    k = rsync_receiver._kind(e)
                     created[k] = created.get(k, 0) + 1
                 if kind == "item":
                     significant = iflags & ~(rsync.ITEM_BASIS_TYPE_FOLLOWS | rsync.ITEM_XNAME_FOLLOWS
@@ -1203,7 +1188,7 @@ class Push:
                     if not (opts.itemize or local or extra or (e.is_dir() and significant)):
                         return
                 out.event(None, kind, e, iflags, extra)
-            sender = rsync_sender.Sender(sess, entries, warn, out=event)
+            sender = rsync_sender.Sender(sess, entries, builder.warn, out=event)
             sender.send_file_list(builder.io_error, int((time.monotonic() - t0) * 1000))
             sess.stats.total_size = sum(e.size for e in entries if e.is_reg() or e.is_link())
             if entries:
@@ -1491,31 +1476,47 @@ def local_copy(opts, out, sources, dest):
     return max(code, result.get("code", 0))
 
 
-def list_local(opts, out, sources):
-    """--list-only of local sources: the file list a sender would send,
-    printed in its sorted order; nothing is written."""
-    def warn(tag, text):
-        if tag != rsync.MSG_INFO:
-            out.error(text)
-        elif opts.verbose:
-            out.info(text)
+def build_file_list(opts, out, cwd, sources, filters, protocol, file_checksum):
+    """The sender's file list of local SOURCES (below directory fd CWD), with
+    the -v 'building file list ... done' around it; messages go to `out`.
+    Returns (builder, entries); the caller closes the builder."""
     import rsync_sender
+
+    def warn(tag, text):
+        if tag == rsync.MSG_INFO:
+            if opts.verbose:
+                out.info(text)
+        else:
+            if tag == rsync.MSG_ERROR_XFER:
+                out.got_xfer_error = True
+            out.error(text)
     if opts.verbose and not opts.quiet:
         out.write("building file list ... ")
         out.needs_newline = True
-    cwd = os.open(".", rsync.O_DIR)
-    builder = rsync_sender.FileListBuilder(opts, rsync.PROTOCOL_VERSION, cwd, False, build_filters(opts, None),
-                                           warn, None)
+    builder = rsync_sender.FileListBuilder(opts, protocol, cwd, False, filters, warn, file_checksum)
     try:
         for s in sources:
             builder.add_arg(s.path)
         entries = builder.finish()
-    finally:
+    except BaseException:
         builder.close()
-        os.close(cwd)
+        raise
     if opts.verbose and not opts.quiet:
         out.needs_newline = False
         out.write("done\n")
+    return builder, entries
+
+
+def list_local(opts, out, sources):
+    """--list-only of local sources: the file list a sender would send,
+    printed in its sorted order; nothing is written."""
+    cwd = os.open(".", rsync.O_DIR)
+    try:
+        builder, entries = build_file_list(opts, out, cwd, sources, build_filters(opts, None),
+                                           rsync.PROTOCOL_VERSION, None)
+        builder.close()
+    finally:
+        os.close(cwd)
     rsync_flist.sort_file_list(entries, rsync.PROTOCOL_VERSION)
     for e in entries:
         out.event(None, "list", e, 0, None)

@@ -24,12 +24,13 @@ IS_ROOT = os.geteuid() == 0
 
 
 def need(thing, what):
-    """Fails under CI, skips elsewhere, when a peer program is missing."""
+    """Fails under CI, skips elsewhere, when what a test needs (a peer
+    program, root, an IPv6 loopback) is missing."""
     if thing:
         return thing
     if os.environ.get("CI"):
         pytest.fail("%s is required in CI but missing" % what)
-    pytest.skip("%s not installed" % what)
+    pytest.skip("%s missing" % what)
 
 
 @pytest.fixture(scope="session")

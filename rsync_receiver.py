@@ -583,8 +583,7 @@ class Receiver:
             self.out("item", e, iflags, xname)
         if iflags & ITEM_IS_NEW:
             self.stats.created_files += 1
-            kind = "dir" if e.is_dir() else "link" if e.is_link() else "dev" if _is_device(e.mode) \
-                else "special" if _is_special(e.mode) else "reg"
+            kind = _kind(e)
             self.created[kind] = self.created.get(kind, 0) + 1
 
     created = None
@@ -938,9 +937,7 @@ class Receiver:
             else:
                 self.warn('rsync: [generator] delete_file: %s(%s) failed: %s' % (
                     "rmdir" if stat.S_ISDIR(st.st_mode) else "unlink", _show(name), _errtext(err)))
-            desc = "directory" if e.is_dir() else "symlink" if e.is_link() else \
-                "device file" if _is_device(e.mode) else "special file" if _is_special(e.mode) else "regular file"
-            self.warn("could not make way for new %s: %s" % (desc, _show(name)))
+            self.warn("could not make way for new %s: %s" % (_KIND_WORDS[_kind(e)], _show(name)))
             return False
 
     def _gen_dir(self, e, name, st):
@@ -1389,7 +1386,7 @@ class Receiver:
             if ndx < 0 or ndx >= n:
                 raise ProtocolError("Invalid file index: %d (%d - %d)" % (ndx, NDX_DONE, n - 1),
                                     RERR_PROTOCOL)
-            iflags = inp.shortint() if p >= 29 else ITEM_TRANSFER | ITEM_MISSING_DATA
+            iflags = inp.shortint() if p >= 29 else ITEM_TRANSFER
             xname = None
             if iflags & ITEM_BASIS_TYPE_FOLLOWS:
                 raise ProtocolError("unrequested basis type from the sender", RERR_PROTOCOL)
@@ -1863,6 +1860,15 @@ def unsafe_symlink(target, name):
 
 
 
+def _kind(e):
+    """The kind of an entry, as rsync's stats count them."""
+    return "dir" if e.is_dir() else "link" if e.is_link() else "dev" if _is_device(e.mode) \
+        else "special" if _is_special(e.mode) else "reg"
+
+
+_KIND_WORDS = {"dir": "directory", "link": "symlink", "dev": "device file", "special": "special file",
+               "reg": "regular file"}
+
 _ZEROS = bytes(1 << 16)
 
 
@@ -1977,6 +1983,10 @@ def open_destination(basefd, dest, entries, confined, created=None):
     if isinstance(dest, str):
         dest = os.fsencode(dest)
     parts = split_path(dest) if confined else None
+
+    def full_fname(path):
+        """A name in a message, from / outside a module, as rsync shows it."""
+        return path if confined or path.startswith(b"/") else os.path.join(os.getcwd().encode(), path)
     if confined and dest.startswith(b"/"):
         dest = dest.lstrip(b"/")
 
@@ -1994,9 +2004,8 @@ def open_destination(basefd, dest, entries, confined, created=None):
         except FileNotFoundError:
             return None
         except OSError as e:
-            shown = dest if confined or dest.startswith(b"/") else os.path.join(os.getcwd().encode(), dest)
             raise RsyncError('rsync: [Receiver] ERROR: cannot stat destination "%s": %s'
-                             % (_show(shown), _errtext(e)), RERR_FILESELECT) from None
+                             % (_show(full_fname(dest)), _errtext(e)), RERR_FILESELECT) from None
 
     def open_dir():
         if confined:
@@ -2027,11 +2036,8 @@ def open_destination(basefd, dest, entries, confined, created=None):
         else:
             os.mkdir(dest, 0o777, dir_fd=basefd)
     except OSError as e:
-        shown = dest.rstrip(b"/") or b"/"
-        if not confined and not shown.startswith(b"/"):
-            shown = os.path.join(os.getcwd().encode(), shown)
-        raise RsyncError('rsync: [Receiver] mkdir "%s" failed: %s' % (_show(shown), _errtext(e)),
-                         RERR_FILEIO) from None
+        raise RsyncError('rsync: [Receiver] mkdir "%s" failed: %s'
+                         % (_show(full_fname(dest.rstrip(b"/") or b"/")), _errtext(e)), RERR_FILEIO) from None
     if entries and entries[0].name == b".":
         entries[0].flags |= FLAG_DIR_CREATED
     if created:
@@ -2099,28 +2105,28 @@ def serve_receiver(sess, paths, root, confined, filters, log, daemon_filters=Non
         os.close(rootfd)
     p = sess.protocol
 
+    def send(tag, text):
+        """A message line to the client: the generator writes, the receiving
+        thread leaves it for the generator to write."""
+        text = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text
+        text = text if text.endswith(b"\n") else text + b"\n"
+        if threading.current_thread().name == "generator":
+            sess.out.msg(tag, text)
+        else:
+            sess.out.msg_later(tag, text)
+
     def out(kind, e, iflags, extra):
         if kind in ("error", "warning"):
             log(extra)
-            text = extra.encode("utf-8", "surrogateescape") if isinstance(extra, str) else extra
             tag = MSG_ERROR_XFER if kind == "error" else MSG_WARNING
             if p < 30:
                 tag = MSG_ERROR_XFER if kind == "error" else MSG_INFO
-            text = text if text.endswith(b"\n") else text + b"\n"
-            if threading.current_thread().name == "generator":
-                sess.out.msg(tag, text)
-            else:
-                sess.out.msg_later(tag, text)
+            send(tag, extra)
         elif kind == "list":
-            text = list_line(e, "{:,}".format(e.size), 14, lambda b: b.decode("utf-8", "surrogateescape"),
-                             opts.links)
-            sess.out.msg(MSG_INFO, text.encode("utf-8", "surrogateescape") + b"\n")
+            send(MSG_INFO, list_line(e, "{:,}".format(e.size), 14,
+                                     lambda b: b.decode("utf-8", "surrogateescape"), opts.links))
         elif kind == "skip" and opts.verbose >= iflags and not opts.quiet:
-            text = extra.encode("utf-8", "surrogateescape") + b"\n"
-            if threading.current_thread().name == "generator":
-                sess.out.msg(MSG_INFO, text)
-            else:
-                sess.out.msg_later(MSG_INFO, text)
+            send(MSG_INFO, extra)
         elif kind == "delete" and p >= 29:
             name = extra[:-1] + b"\0" if extra.endswith(b"/") else extra
             sess.out.msg(MSG_DELETED, name[:MAX_PATH])

@@ -22,7 +22,7 @@ import pytest
 
 import rsync_conf as rc
 import rsync_md4
-from conftest import IS_ROOT, stop
+from conftest import IS_ROOT, need, stop
 
 _serial = itertools.count()
 
@@ -447,8 +447,8 @@ def test_load_rsyncd_conf(tmp_path):
         rc.load_rsyncd_conf(str(p))
 
 
-@pytest.mark.skipif(not IS_ROOT, reason="needs root to plant another user's symlink")
 def test_load_refuses_a_symlink_owned_by_someone_else(tmp_path):
+    need(IS_ROOT, "root (to plant another user's symlink)")
     real = tmp_path / "real.conf"
     real.write_text("[m]\npath = /x\n")
     link = tmp_path / "link.conf"
@@ -641,8 +641,8 @@ def stock_host_verdicts(rsync_bin, d, modules):
 
 @pytest.mark.parametrize("address", ["127.0.0.1", "::1"])
 def test_hosts_against_stock_rsyncd(rsyncd, rsync_bin, tmp_path, address):
-    if address == "::1" and not have_ipv6_loopback():
-        pytest.skip("no IPv6 loopback here")
+    if address == "::1":
+        need(have_ipv6_loopback(), "an IPv6 loopback")
     body = "reverse lookup = no\n"
     names = []
     for i, (allow, deny, extra) in enumerate(STOCK_HOST_CASES):
@@ -1110,8 +1110,8 @@ def test_read_secrets(tmp_path):
         assert e.value.reason == "no secrets file"
 
 
-@pytest.mark.skipif(not IS_ROOT, reason="needs root to hand the file to another user")
 def test_read_secrets_as_root_wants_roots_file(tmp_path):
+    need(IS_ROOT, "root (to hand the file to another user)")
     p = tmp_path / "secrets"
     p.write_bytes(SECRETS)
     os.chmod(p, 0o600)
