@@ -1504,6 +1504,7 @@ def parse_server_args(argv, opts=None):
     return opts, paths
 
 
+_SIZE_MAX = float(1 << 62)  # rsync's SIZE_MAX / 2 on 64 bits
 _SIZE_ARG = re.compile(r"(\d*(?:\.\d*)?)([bkmgtp]?)(b|ib)?([+-]1)?", re.IGNORECASE)
 
 
@@ -1519,7 +1520,10 @@ def parse_size(text, default_suffix="b", name="size", min_value=0, unlimited_0=F
     num, unit, base, adjust = m.groups()
     reps = "bkmgtp".index((unit or default_suffix).lower())
     mult = 1000 if base and base.lower() == "b" else 1024
-    size = int(float(num) * mult ** reps) if num.strip(".") else 0
+    value = float(num) * mult ** reps if num.strip(".") else 0.0
+    if not value < _SIZE_MAX:  # also infinity, from a long run of digits
+        raise RsyncError("--%s=%s is too large" % (name, text), RERR_SYNTAX)
+    size = int(value)
     if adjust:
         size += 1 if adjust[0] == "+" else -1
     if size < 0:

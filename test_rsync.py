@@ -368,6 +368,10 @@ def test_parse_server_args():
     with pytest.raises(rsync.RsyncError, match=r"--max-size=1Q is invalid") as e:
         rsync.parse_server_args("--server --max-size=1Q . x".split())
     assert e.value.code == rsync.RERR_SYNTAX
+    for huge in ("9" * 400, "99999999999999999999999", "9" * 30 + "p"):
+        with pytest.raises(rsync.RsyncError, match=r"is too large") as e:
+            rsync.parse_server_args(("--server --min-size=%s . x" % huge).split())
+        assert e.value.code == rsync.RERR_SYNTAX
 
 
 def test_checksums_follow_rsync_seed_rules():
